@@ -1,0 +1,174 @@
+//! Backends: where users, chats and messages live. The gateway only ever talks to them through
+//! the [`Backend`] trait.
+//!
+//! - [`rest::RestBackend`]: the product's REST API (the seed's contract), when `HTTP_API_URL` is set.
+//! - [`store::Store`]: the embedded SQLite store, the default.
+//! - [`fixture::Fixture`]: the in-memory benchmark fixture (`--bench-fixture USERS:ROOMS`).
+//!
+//! Every method returns at once with a [`Reply`], a one-shot channel the calling worker awaits:
+//! the REST backend runs calls on its own small blocking pool, the store on its own thread with
+//! batched commits, and the fixture answers inline. A worker therefore never blocks on a backend.
+//! Guarantee: a reply of `Ok` for `create_message`/`mark_read` means the write is durable in the
+//! backend (the store replies only after its transaction commits).
+
+pub mod fixture;
+pub mod pool;
+pub mod rest;
+pub mod store;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_channel::oneshot;
+use serde::Deserialize;
+
+use crate::protocol::{ChatMessage, ErrorCode};
+
+/// A user profile, as `GET /auth/profile` returns it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Profile {
+    /// Stable user id.
+    pub user_id: String,
+    /// E-mail address (may be empty).
+    #[serde(default)]
+    pub email: String,
+    /// Display name.
+    #[serde(default)]
+    pub name: String,
+    /// Role (may be empty).
+    #[serde(default)]
+    pub role: String,
+}
+
+/// A message to persist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    /// Target chat.
+    pub chat_id: String,
+    /// Text.
+    pub content: String,
+    /// The client's own id for it, echoed back.
+    pub client_message_id: Option<String>,
+    /// Sender's id (already authenticated).
+    pub sender_id: String,
+    /// Sender's display name.
+    pub sender_name: String,
+}
+
+/// Why a backend call failed. Each variant names the broken rule and maps to one wire code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    /// The token is unknown, expired or was rejected (HTTP 401).
+    #[error("{0}")]
+    TokenRejected(String),
+    /// The user may not act in this chat (HTTP 403/404).
+    #[error("{0}")]
+    NotParticipant(String),
+    /// The request was refused as invalid (HTTP 400/422).
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// The API answered with another error status.
+    #[error("{message}")]
+    UpstreamStatus {
+        /// HTTP status.
+        status: u16,
+        /// The API's own error text, or a generic one.
+        message: String,
+    },
+    /// The API did not answer within the per-call timeout.
+    #[error("HTTP API timed out")]
+    UpstreamTimeout,
+    /// The API could not be reached, or answered with something unreadable.
+    #[error("HTTP API unavailable: {0}")]
+    UpstreamUnavailable(String),
+    /// The embedded store failed.
+    #[error("store failure: {0}")]
+    StoreFailed(String),
+    /// The backend stopped before answering (shutdown).
+    #[error("backend stopped")]
+    Stopped,
+}
+
+impl BackendError {
+    /// The wire code for this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            BackendError::TokenRejected(_) => ErrorCode::AuthFailed,
+            BackendError::NotParticipant(_) => ErrorCode::NotParticipant,
+            BackendError::InvalidRequest(_) => ErrorCode::ValidationError,
+            BackendError::UpstreamStatus { .. }
+            | BackendError::UpstreamTimeout
+            | BackendError::UpstreamUnavailable(_) => ErrorCode::HttpError,
+            BackendError::StoreFailed(_) | BackendError::Stopped => ErrorCode::InternalError,
+        }
+    }
+
+    /// The upstream HTTP status, when there is one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            BackendError::UpstreamStatus { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// Text safe to show to a client: internal faults are not described.
+    pub fn client_message(&self) -> String {
+        match self {
+            BackendError::StoreFailed(_) | BackendError::Stopped => "Internal server error".into(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// Result of a backend call.
+pub type BackendResult<T> = Result<T, BackendError>;
+
+/// A pending backend answer; await it from any runtime.
+#[derive(Debug)]
+pub struct Reply<T>(oneshot::Receiver<BackendResult<T>>);
+
+/// The sending side of a [`Reply`].
+pub type Responder<T> = oneshot::Sender<BackendResult<T>>;
+
+impl<T> Reply<T> {
+    /// A reply and the responder that completes it.
+    pub fn channel() -> (Responder<T>, Reply<T>) {
+        let (tx, rx) = oneshot::channel();
+        (tx, Reply(rx))
+    }
+
+    /// A reply that is already complete (inline backends).
+    pub fn ready(result: BackendResult<T>) -> Reply<T> {
+        let (tx, rx) = Self::channel();
+        // The receiver is alive in `rx`, so the send cannot fail.
+        let _ = tx.send(result);
+        rx
+    }
+}
+
+impl<T> Future for Reply<T> {
+    type Output = BackendResult<T>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(BackendError::Stopped)))
+    }
+}
+
+/// Where users, chats and messages live. Calls never block the caller.
+pub trait Backend: Send + Sync + 'static {
+    /// A short name for logs (`rest`, `store`, `fixture`).
+    fn name(&self) -> &'static str;
+    /// Who the token belongs to.
+    fn authenticate(&self, token: &str) -> Reply<Profile>;
+    /// The ids of the chats the token's user is in.
+    fn chats(&self, token: &str) -> Reply<Vec<String>>;
+    /// Persists a message; the reply carries it as stored.
+    fn create_message(&self, token: &str, message: NewMessage) -> Reply<ChatMessage>;
+    /// Records a read receipt; the reply carries `readAt` when the backend set one.
+    fn mark_read(&self, token: &str, chat_id: &str, message_id: &str) -> Reply<Option<String>>;
+    /// Whether the backend is reachable (for `/readyz`).
+    fn probe(&self) -> Reply<()>;
+}

@@ -1,0 +1,274 @@
+//! The REST API backend: the seed's contract, every call carrying the user's
+//! `Authorization: Bearer <token>`.
+//!
+//! | call | request | success |
+//! |---|---|---|
+//! | authenticate | `GET /auth/profile` | 200 `{user:{userId,email,name,role}}` |
+//! | chats | `GET /chats` | 200 `{chats:[{id,...}]}` |
+//! | create_message | `POST /chats/{chatId}/messages {content}` | 201 `{message:{id,chatId,senderId,senderName?,content,createdAt}}` |
+//! | mark_read | `PUT /chats/{chatId}/messages/{messageId}/read` | 2xx, optional `{readAt}` |
+//!
+//! Errors: 401 → `AUTH_FAILED`, 403/404 → `NOT_PARTICIPANT`, 400/422 → `VALIDATION_ERROR`,
+//! anything else, a timeout or an unreachable API → `HTTP_ERROR`, each with the API's own
+//! `error`/`message` text when its body has one. Path segments are percent-encoded, so a chat id
+//! from a client can never change the path. Calls run on a [`Pool`] of threads sharing one
+//! keep-alive [`ureq::Agent`], with a per-call timeout; the worker that asked awaits the reply.
+
+use std::time::{Duration, Instant};
+
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use serde::Deserialize;
+
+use super::pool::Pool;
+use super::{Backend, BackendError, BackendResult, NewMessage, Profile, Reply};
+use crate::protocol::{timestamp, ChatMessage};
+
+/// Characters left as they are in a path segment: RFC 3986 unreserved minus `.`, so that no
+/// id can become a `.` or `..` segment.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'~');
+
+/// The REST API client.
+pub struct RestBackend {
+    base: String,
+    pool: Pool<ureq::Agent>,
+}
+
+impl RestBackend {
+    /// A client of the API at `base` (no trailing slash needed) with `threads` blocking threads
+    /// and a per-call `timeout`.
+    pub fn new(base: &str, threads: usize, timeout: Duration) -> std::io::Result<Self> {
+        let agent = ureq::AgentBuilder::new()
+            .timeout(timeout)
+            .max_idle_connections_per_host(threads.max(1) * 2)
+            .build();
+        let pool = Pool::new("rest", threads, move || agent.clone())?;
+        Ok(Self {
+            base: base.trim_end_matches('/').to_string(),
+            pool,
+        })
+    }
+
+    fn run<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        call: impl FnOnce(&ureq::Agent) -> BackendResult<T> + Send + 'static,
+    ) -> Reply<T> {
+        let (tx, reply) = Reply::channel();
+        let job = Box::new(move |agent: &ureq::Agent| {
+            let started = Instant::now();
+            let result = call(agent);
+            let ms = started.elapsed().as_secs_f64() * 1e3;
+            match &result {
+                Ok(_) => tracing::debug!(call = what, duration_ms = ms, "HTTP API call"),
+                Err(e) => {
+                    tracing::warn!(call = what, duration_ms = ms, error = %e, "HTTP API call failed")
+                }
+            }
+            let _ = tx.send(result);
+        });
+        if self.pool.submit(job).is_err() {
+            return Reply::ready(Err(BackendError::UpstreamUnavailable(
+                "too many calls in flight".into(),
+            )));
+        }
+        reply
+    }
+
+    fn url(&self, segments: &[&str]) -> String {
+        let mut url = self.base.clone();
+        for s in segments {
+            url.push('/');
+            url.extend(utf8_percent_encode(s, SEGMENT));
+        }
+        url
+    }
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+#[derive(Deserialize, Default)]
+struct ErrorBody {
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+/// Maps a ureq outcome to the gateway's error rules.
+fn map_error(e: ureq::Error) -> BackendError {
+    match e {
+        ureq::Error::Status(status, resp) => {
+            let body: ErrorBody = resp.into_json().unwrap_or_default();
+            let text = body.message.or(body.error);
+            let text = |default: &str| text.clone().unwrap_or_else(|| default.to_string());
+            match status {
+                401 => BackendError::TokenRejected(text("Invalid token")),
+                403 | 404 => BackendError::NotParticipant(text("Not a participant of this chat")),
+                400 | 422 => BackendError::InvalidRequest(text("Invalid request")),
+                _ => BackendError::UpstreamStatus {
+                    status,
+                    message: text(&format!("HTTP API error {status}")),
+                },
+            }
+        }
+        ureq::Error::Transport(t) => {
+            let timed_out = std::error::Error::source(&t)
+                .and_then(|s| s.downcast_ref::<std::io::Error>())
+                .is_some_and(|io| {
+                    matches!(
+                        io.kind(),
+                        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+                    )
+                });
+            if timed_out || t.to_string().contains("timed out") {
+                BackendError::UpstreamTimeout
+            } else {
+                BackendError::UpstreamUnavailable(t.kind().to_string())
+            }
+        }
+    }
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(resp: ureq::Response) -> BackendResult<T> {
+    resp.into_json()
+        .map_err(|e| BackendError::UpstreamUnavailable(format!("unreadable response: {e}")))
+}
+
+#[derive(Deserialize)]
+struct ProfileBody {
+    user: Profile,
+}
+
+#[derive(Deserialize)]
+struct ChatRef {
+    id: String,
+}
+
+#[derive(Deserialize)]
+struct ChatsBody {
+    chats: Vec<ChatRef>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StoredMessage {
+    id: String,
+    #[serde(default)]
+    chat_id: Option<String>,
+    #[serde(default)]
+    sender_id: Option<String>,
+    #[serde(default)]
+    sender_name: Option<String>,
+    #[serde(default)]
+    content: Option<String>,
+    #[serde(default)]
+    created_at: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct MessageBody {
+    message: StoredMessage,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct ReadBody {
+    #[serde(default)]
+    read_at: Option<String>,
+}
+
+impl Backend for RestBackend {
+    fn name(&self) -> &'static str {
+        "rest"
+    }
+
+    fn authenticate(&self, token: &str) -> Reply<Profile> {
+        let (url, auth) = (self.url(&["auth", "profile"]), bearer(token));
+        self.run("GET /auth/profile", move |agent| {
+            let resp = agent
+                .get(&url)
+                .set("Authorization", &auth)
+                .call()
+                .map_err(map_error)?;
+            let body: ProfileBody = read_json(resp)?;
+            if body.user.user_id.is_empty() {
+                return Err(BackendError::TokenRejected("Profile has no userId".into()));
+            }
+            Ok(body.user)
+        })
+    }
+
+    fn chats(&self, token: &str) -> Reply<Vec<String>> {
+        let (url, auth) = (self.url(&["chats"]), bearer(token));
+        self.run("GET /chats", move |agent| {
+            let resp = agent
+                .get(&url)
+                .set("Authorization", &auth)
+                .call()
+                .map_err(map_error)?;
+            let body: ChatsBody = read_json(resp)?;
+            Ok(body.chats.into_iter().map(|c| c.id).collect())
+        })
+    }
+
+    fn create_message(&self, token: &str, m: NewMessage) -> Reply<ChatMessage> {
+        let (url, auth) = (self.url(&["chats", &m.chat_id, "messages"]), bearer(token));
+        self.run("POST /chats/:id/messages", move |agent| {
+            let resp = agent
+                .post(&url)
+                .set("Authorization", &auth)
+                .send_json(serde_json::json!({ "content": m.content }))
+                .map_err(map_error)?;
+            let body: MessageBody = read_json(resp)?;
+            let s = body.message;
+            Ok(ChatMessage {
+                id: s.id,
+                chat_id: s.chat_id.unwrap_or(m.chat_id),
+                sender_id: s.sender_id.unwrap_or(m.sender_id),
+                sender_name: s.sender_name.unwrap_or(m.sender_name),
+                content: s.content.unwrap_or(m.content),
+                created_at: s.created_at.unwrap_or_else(timestamp::now),
+                client_message_id: m.client_message_id,
+            })
+        })
+    }
+
+    fn mark_read(&self, token: &str, chat_id: &str, message_id: &str) -> Reply<Option<String>> {
+        let url = self.url(&["chats", chat_id, "messages", message_id, "read"]);
+        let auth = bearer(token);
+        self.run("PUT /chats/:id/messages/:id/read", move |agent| {
+            let resp = agent
+                .put(&url)
+                .set("Authorization", &auth)
+                .call()
+                .map_err(map_error)?;
+            let body = resp.into_string().unwrap_or_default();
+            let parsed: ReadBody = serde_json::from_str(&body).unwrap_or_default();
+            Ok(parsed.read_at)
+        })
+    }
+
+    fn probe(&self) -> Reply<()> {
+        let url = self.base.clone();
+        self.run("probe", move |agent| match agent.get(&url).call() {
+            Ok(_) | Err(ureq::Error::Status(..)) => Ok(()),
+            Err(e) => Err(map_error(e)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_segments_are_encoded() {
+        let b = RestBackend::new("http://127.0.0.1:1/api/", 1, Duration::from_millis(10)).unwrap();
+        assert_eq!(
+            b.url(&["chats", "../a b/c", "messages"]),
+            "http://127.0.0.1:1/api/chats/%2E%2E%2Fa%20b%2Fc/messages"
+        );
+    }
+}

@@ -1,0 +1,359 @@
+//! Configuration: one struct, read from command-line flags, environment variables and `.env`.
+//!
+//! Precedence is flag > environment > `.env` > default (the `.env` file is loaded into the
+//! environment at start-up, without overriding variables that are already set, as the seed
+//! does). Every field names its environment variable, unit and default; defaults are the named
+//! constants below. [`Config::validate`] rejects values that cannot work and names the variable,
+//! so a bad deployment stops at start-up (`socket-server check-config`) rather than at the
+//! first connection.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+/// Default WebSocket port (the seed's `WS_PORT`).
+pub const DEFAULT_WS_PORT: u16 = 8080;
+/// Default bind address: every interface, as the seed.
+pub const DEFAULT_HOST: &str = "0.0.0.0";
+/// Default allowed browser origin (the seed's `CORS_ORIGIN`).
+pub const DEFAULT_CORS_ORIGIN: &str = "http://localhost:5173";
+/// Default interval between server pings, in milliseconds.
+pub const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = 30_000;
+/// Default typing-indicator lifetime, in milliseconds.
+pub const DEFAULT_TYPING_TIMEOUT_MS: u64 = 3_000;
+/// Default largest accepted client message, in bytes (after reassembly of fragments).
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 10_000;
+/// Default silence after which a connection is closed, in milliseconds.
+pub const DEFAULT_CONNECTION_TIMEOUT_MS: u64 = 60_000;
+/// Default log level.
+pub const DEFAULT_LOG_LEVEL: &str = "info";
+/// Default path of the embedded SQLite store.
+pub const DEFAULT_STORE_PATH: &str = "socket-server.db";
+/// Default number of blocking backend threads (REST calls).
+pub const DEFAULT_BACKEND_POOL_SIZE: usize = 4;
+/// Default per-call backend timeout, in milliseconds.
+pub const DEFAULT_BACKEND_TIMEOUT_MS: u64 = 5_000;
+/// Default time allowed for the handshake and authentication, in milliseconds.
+pub const DEFAULT_AUTH_TIMEOUT_MS: u64 = 10_000;
+/// Default drain deadline on shutdown, in milliseconds.
+pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 5_000;
+/// Default minimum interval between two re-fetches of one connection's chat list, in ms.
+pub const DEFAULT_CHATS_REFETCH_INTERVAL_MS: u64 = 2_000;
+/// Default cap on fragments in one client message.
+pub const DEFAULT_MAX_FRAGMENTS: usize = 64;
+
+/// Every setting of the server. Field docs give the variable, unit and default.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// TCP port for WebSockets and the plain-HTTP endpoints. 0 picks a free port. Env `WS_PORT`.
+    #[arg(long = "port", env = "WS_PORT", default_value_t = DEFAULT_WS_PORT)]
+    pub ws_port: u16,
+
+    /// Address to bind. Env `HOST`. Default `0.0.0.0`.
+    #[arg(long, env = "HOST", default_value = DEFAULT_HOST)]
+    pub host: IpAddr,
+
+    /// Base URL of the product's REST API. When unset, the embedded SQLite store is used.
+    /// Env `HTTP_API_URL`.
+    #[arg(long, env = "HTTP_API_URL")]
+    pub http_api_url: Option<String>,
+
+    /// Comma-separated browser origins allowed to open WebSockets (`*` allows any). Requests
+    /// without `Origin` and same-origin requests are always allowed. Env `CORS_ORIGIN`.
+    #[arg(long, env = "CORS_ORIGIN", default_value = DEFAULT_CORS_ORIGIN)]
+    pub cors_origin: String,
+
+    /// Interval between server pings, in milliseconds. Env `HEARTBEAT_INTERVAL`. Default 30000.
+    #[arg(long, env = "HEARTBEAT_INTERVAL", default_value_t = DEFAULT_HEARTBEAT_INTERVAL_MS)]
+    pub heartbeat_interval_ms: u64,
+
+    /// Lifetime of a typing indicator without renewal, in milliseconds. Env `TYPING_TIMEOUT`.
+    /// Default 3000.
+    #[arg(long, env = "TYPING_TIMEOUT", default_value_t = DEFAULT_TYPING_TIMEOUT_MS)]
+    pub typing_timeout_ms: u64,
+
+    /// Largest client message in bytes (whole message, after reassembly). Env
+    /// `MAX_MESSAGE_SIZE`. Default 10000.
+    #[arg(long, env = "MAX_MESSAGE_SIZE", default_value_t = DEFAULT_MAX_MESSAGE_SIZE)]
+    pub max_message_size: usize,
+
+    /// A connection silent (no frame of any kind) for this long is closed, in milliseconds.
+    /// Env `CONNECTION_TIMEOUT`. Default 60000.
+    #[arg(long, env = "CONNECTION_TIMEOUT", default_value_t = DEFAULT_CONNECTION_TIMEOUT_MS)]
+    pub connection_timeout_ms: u64,
+
+    /// `debug`, `info`, `warn` or `error`. Env `LOG_LEVEL`. Default `info`.
+    #[arg(long, env = "LOG_LEVEL", default_value = DEFAULT_LOG_LEVEL)]
+    pub log_level: String,
+
+    /// Worker threads, each with its own listener and connections. 0 means one per core.
+    /// Env `WORKERS`. Default 0.
+    #[arg(long, env = "WORKERS", default_value_t = 0)]
+    pub workers: usize,
+
+    /// Path of the embedded SQLite store (used when `HTTP_API_URL` is unset). Env `STORE_PATH`.
+    /// Default `socket-server.db`.
+    #[arg(long, env = "STORE_PATH", default_value = DEFAULT_STORE_PATH)]
+    pub store_path: PathBuf,
+
+    /// Threads making blocking REST calls. Env `BACKEND_POOL_SIZE`. Default 4.
+    #[arg(long, env = "BACKEND_POOL_SIZE", default_value_t = DEFAULT_BACKEND_POOL_SIZE)]
+    pub backend_pool_size: usize,
+
+    /// Timeout of one backend call, in milliseconds. Env `BACKEND_TIMEOUT`. Default 5000.
+    #[arg(long, env = "BACKEND_TIMEOUT", default_value_t = DEFAULT_BACKEND_TIMEOUT_MS)]
+    pub backend_timeout_ms: u64,
+
+    /// Deadline for the upgrade request to arrive and for authentication, in milliseconds.
+    /// Env `AUTH_TIMEOUT`. Default 10000.
+    #[arg(long, env = "AUTH_TIMEOUT", default_value_t = DEFAULT_AUTH_TIMEOUT_MS)]
+    pub auth_timeout_ms: u64,
+
+    /// How long shutdown waits for in-flight backend calls and queued writes, in milliseconds.
+    /// Env `SHUTDOWN_TIMEOUT`. Default 5000.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value_t = DEFAULT_SHUTDOWN_TIMEOUT_MS)]
+    pub shutdown_timeout_ms: u64,
+
+    /// Minimum interval between two re-fetches of a connection's chat list (triggered by a
+    /// chat it is not known to be in), in milliseconds. Env `CHATS_REFETCH_INTERVAL`.
+    /// Default 2000.
+    #[arg(long, env = "CHATS_REFETCH_INTERVAL", default_value_t = DEFAULT_CHATS_REFETCH_INTERVAL_MS)]
+    pub chats_refetch_interval_ms: u64,
+
+    /// Most fragments accepted in one client message. Env `MAX_FRAGMENTS`. Default 64.
+    #[arg(long, env = "MAX_FRAGMENTS", default_value_t = DEFAULT_MAX_FRAGMENTS)]
+    pub max_fragments: usize,
+
+    /// Demo mode: seed users alice, bob and carol (tokens `demo-alice`, …) and a chat `general`
+    /// into the embedded store, and serve the demo chat page at `GET /`. Env `DEMO`.
+    #[arg(long, env = "DEMO", default_value_t = false)]
+    pub demo: bool,
+
+    /// Benchmark fixture `USERS:ROOMS`: token `t<i>` is user `u<i>` in chat `c<i mod ROOMS>`,
+    /// kept in memory; no real data is touched. Env `BENCH_FIXTURE`.
+    #[arg(long, env = "BENCH_FIXTURE")]
+    pub bench_fixture: Option<String>,
+}
+
+/// A setting that cannot work; the message names the variable.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid {var}: {reason}")]
+pub struct ConfigError {
+    /// The environment variable at fault.
+    pub var: &'static str,
+    /// Why its value was rejected.
+    pub reason: String,
+}
+
+fn bad(var: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        var,
+        reason: reason.into(),
+    }
+}
+
+/// The parsed `BENCH_FIXTURE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FixtureSize {
+    /// Number of users (`t0`…`t<users-1>`).
+    pub users: u64,
+    /// Number of chats (`c0`…`c<rooms-1>`).
+    pub rooms: u64,
+}
+
+impl Config {
+    /// Checks every field; the first broken rule is returned, naming its variable.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.heartbeat_interval_ms == 0 {
+            return Err(bad("HEARTBEAT_INTERVAL", "must be at least 1 ms"));
+        }
+        if self.connection_timeout_ms < self.heartbeat_interval_ms {
+            return Err(bad(
+                "CONNECTION_TIMEOUT",
+                "must be at least HEARTBEAT_INTERVAL, or healthy clients are cut off",
+            ));
+        }
+        if self.typing_timeout_ms == 0 {
+            return Err(bad("TYPING_TIMEOUT", "must be at least 1 ms"));
+        }
+        if self.max_message_size < 16 || self.max_message_size > 64 << 20 {
+            return Err(bad(
+                "MAX_MESSAGE_SIZE",
+                "must be between 16 bytes and 64 MiB",
+            ));
+        }
+        if self.max_fragments == 0 {
+            return Err(bad("MAX_FRAGMENTS", "must be at least 1"));
+        }
+        if !matches!(
+            self.log_level.to_ascii_lowercase().as_str(),
+            "debug" | "info" | "warn" | "error" | "trace"
+        ) {
+            return Err(bad("LOG_LEVEL", "must be one of debug, info, warn, error"));
+        }
+        if self.workers > 1024 {
+            return Err(bad("WORKERS", "must be at most 1024"));
+        }
+        if self.backend_pool_size == 0 || self.backend_pool_size > 1024 {
+            return Err(bad("BACKEND_POOL_SIZE", "must be between 1 and 1024"));
+        }
+        if self.backend_timeout_ms == 0 {
+            return Err(bad("BACKEND_TIMEOUT", "must be at least 1 ms"));
+        }
+        if self.auth_timeout_ms == 0 {
+            return Err(bad("AUTH_TIMEOUT", "must be at least 1 ms"));
+        }
+        if let Some(url) = &self.http_api_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(bad("HTTP_API_URL", "must start with http:// or https://"));
+            }
+            if self.demo {
+                return Err(bad(
+                    "DEMO",
+                    "demo mode uses the embedded store; unset HTTP_API_URL",
+                ));
+            }
+        }
+        if self.bench_fixture.is_some() {
+            self.fixture_size()?;
+        }
+        Ok(())
+    }
+
+    /// The benchmark fixture size, if one is configured.
+    pub fn fixture_size(&self) -> Result<Option<FixtureSize>, ConfigError> {
+        let Some(spec) = &self.bench_fixture else {
+            return Ok(None);
+        };
+        let parse = |s: &str| s.trim().parse::<u64>().ok().filter(|n| *n > 0);
+        match spec.split_once(':').map(|(u, r)| (parse(u), parse(r))) {
+            Some((Some(users), Some(rooms))) => Ok(Some(FixtureSize { users, rooms })),
+            _ => Err(bad(
+                "BENCH_FIXTURE",
+                "must be USERS:ROOMS, two positive integers",
+            )),
+        }
+    }
+
+    /// The allowed origins, parsed from `CORS_ORIGIN`.
+    pub fn allowed_origins(&self) -> Vec<String> {
+        self.cors_origin
+            .split(',')
+            .map(|s| s.trim().trim_end_matches('/').to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
+
+    /// Number of workers to start (resolving 0 to the number of cores).
+    pub fn worker_count(&self) -> usize {
+        if self.workers > 0 {
+            self.workers
+        } else {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }
+    }
+
+    /// `HEARTBEAT_INTERVAL` as a duration.
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms)
+    }
+    /// `CONNECTION_TIMEOUT` as a duration.
+    pub fn connection_timeout(&self) -> Duration {
+        Duration::from_millis(self.connection_timeout_ms)
+    }
+    /// `TYPING_TIMEOUT` as a duration.
+    pub fn typing_timeout(&self) -> Duration {
+        Duration::from_millis(self.typing_timeout_ms)
+    }
+    /// `BACKEND_TIMEOUT` as a duration.
+    pub fn backend_timeout(&self) -> Duration {
+        Duration::from_millis(self.backend_timeout_ms)
+    }
+    /// `AUTH_TIMEOUT` as a duration.
+    pub fn auth_timeout(&self) -> Duration {
+        Duration::from_millis(self.auth_timeout_ms)
+    }
+    /// `SHUTDOWN_TIMEOUT` as a duration.
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
+    }
+    /// `CHATS_REFETCH_INTERVAL` as a duration.
+    pub fn chats_refetch_interval(&self) -> Duration {
+        Duration::from_millis(self.chats_refetch_interval_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    fn parse(args: &[&str]) -> Config {
+        let mut all = vec!["socket-server"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all).expect("parse").config
+    }
+
+    #[test]
+    fn defaults_are_the_seeds() {
+        let c = parse(&[]);
+        assert_eq!(c.ws_port, 8080);
+        assert_eq!(c.heartbeat_interval_ms, 30_000);
+        assert_eq!(c.typing_timeout_ms, 3_000);
+        assert_eq!(c.max_message_size, 10_000);
+        assert_eq!(c.connection_timeout_ms, 60_000);
+        assert_eq!(
+            c.allowed_origins(),
+            vec!["http://localhost:5173".to_string()]
+        );
+        assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
+    fn invalid_values_name_their_variable() {
+        let c = parse(&["--heartbeat-interval-ms", "0"]);
+        assert_eq!(c.validate().unwrap_err().var, "HEARTBEAT_INTERVAL");
+        let c = parse(&["--bench-fixture", "10"]);
+        assert_eq!(c.validate().unwrap_err().var, "BENCH_FIXTURE");
+        let c = parse(&["--http-api-url", "ftp://x"]);
+        assert_eq!(c.validate().unwrap_err().var, "HTTP_API_URL");
+        let c = parse(&[
+            "--connection-timeout-ms",
+            "10",
+            "--heartbeat-interval-ms",
+            "20",
+        ]);
+        assert_eq!(c.validate().unwrap_err().var, "CONNECTION_TIMEOUT");
+    }
+
+    #[test]
+    fn fixture_and_origins_parse() {
+        let c = parse(&[
+            "--bench-fixture",
+            "100:4",
+            "--cors-origin",
+            "http://a, http://b/",
+        ]);
+        assert_eq!(
+            c.fixture_size(),
+            Ok(Some(FixtureSize {
+                users: 100,
+                rooms: 4
+            }))
+        );
+        assert_eq!(
+            c.allowed_origins(),
+            vec!["http://a".to_string(), "http://b".to_string()]
+        );
+    }
+}

@@ -1,0 +1,18 @@
+//! The sans-IO core: chat rules as plain data structures driven by explicit calls and an
+//! explicit `now`.
+//!
+//! Nothing here touches sockets, threads, clocks or storage, so every rule is unit tested with
+//! simulated time. The `net` shell owns one instance of each structure per worker and feeds it
+//! events; the core answers with decisions (deliver to these connections, start a backend call,
+//! close with this code).
+//!
+//! - [`room`]: which local connections are in which chat, with de-duplicated fan-out.
+//! - [`presence`]: per-user connection counts, reporting only first-open and last-close.
+//! - [`typing`]: typing indicators with deadlines.
+//! - [`session`]: one connection's rules — membership checks, rate-limited re-fetch of the
+//!   user's chats, liveness.
+
+pub mod presence;
+pub mod room;
+pub mod session;
+pub mod typing;

@@ -1,0 +1,226 @@
+//! One connection's rules after authentication: which chats it may act in, when it may re-fetch
+//! its chat list, and whether it is still alive.
+//!
+//! The session decides; the shell carries out. A command for a chat the connection is not
+//! known to be in triggers one re-fetch of the user's chats (so chats created after connect
+//! work), at most once per `refetch_interval`; only if the chat is still missing is the answer
+//! `NOT_PARTICIPANT`. Liveness: any frame from the client counts as activity; the heartbeat
+//! either pings or, after `connection_timeout` of silence, closes.
+//!
+//! Frames that arrive before authentication finishes are not read from the socket until it
+//! finishes, so they wait in order in the kernel's receive buffer (bounded by it, applying TCP
+//! back-pressure) and are processed afterwards; nothing is answered with 4001 for arriving early.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::protocol::Command;
+
+/// The authenticated user behind a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// User id from the backend.
+    pub id: Arc<str>,
+    /// Display name.
+    pub name: Arc<str>,
+}
+
+/// What to do with a command.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Carry it out.
+    Execute(Command),
+    /// Re-fetch the user's chats, then call [`Session::after_refetch`] with the command.
+    Refetch(Command),
+    /// Answer `NOT_PARTICIPANT`.
+    NotParticipant(Command),
+}
+
+/// What the heartbeat should do for this connection now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heartbeat {
+    /// Send a WebSocket ping.
+    Ping,
+    /// The client has been silent too long: close it.
+    Expire,
+}
+
+/// Per-connection state after authentication.
+#[derive(Debug)]
+pub struct Session {
+    user: User,
+    chats: Vec<Arc<str>>,
+    last_refetch: Option<Instant>,
+    refetch_interval: Duration,
+    last_seen: Instant,
+    connection_timeout: Duration,
+}
+
+/// The change in chat membership after a re-fetch.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct MembershipChange {
+    /// Chats the connection must join.
+    pub joined: Vec<Arc<str>>,
+    /// Chats the connection must leave.
+    pub left: Vec<Arc<str>>,
+}
+
+impl Session {
+    /// A session for `user` in `chats`, seen at `now`.
+    pub fn new(
+        user: User,
+        chats: Vec<Arc<str>>,
+        now: Instant,
+        refetch_interval: Duration,
+        connection_timeout: Duration,
+    ) -> Self {
+        Self {
+            user,
+            chats,
+            last_refetch: None,
+            refetch_interval,
+            last_seen: now,
+            connection_timeout,
+        }
+    }
+
+    /// The user.
+    pub fn user(&self) -> &User {
+        &self.user
+    }
+
+    /// The chats the connection is in.
+    pub fn chats(&self) -> &[Arc<str>] {
+        &self.chats
+    }
+
+    /// Whether the connection is known to be in `chat`.
+    pub fn is_member(&self, chat: &str) -> bool {
+        self.chats.iter().any(|c| &**c == chat)
+    }
+
+    /// Decides what to do with a validated command.
+    pub fn decide(&mut self, cmd: Command, now: Instant) -> Decision {
+        let Some(chat) = cmd.chat_id() else {
+            return Decision::Execute(cmd);
+        };
+        if self.is_member(chat) {
+            return Decision::Execute(cmd);
+        }
+        let allowed = match self.last_refetch {
+            Some(t) => now.saturating_duration_since(t) >= self.refetch_interval,
+            None => true,
+        };
+        if allowed {
+            self.last_refetch = Some(now);
+            Decision::Refetch(cmd)
+        } else {
+            Decision::NotParticipant(cmd)
+        }
+    }
+
+    /// Applies a re-fetched chat list; returns which rooms to join and leave.
+    pub fn refetched(&mut self, chats: Vec<Arc<str>>) -> MembershipChange {
+        let joined = chats
+            .iter()
+            .filter(|c| !self.chats.contains(c))
+            .cloned()
+            .collect();
+        let left = self
+            .chats
+            .iter()
+            .filter(|c| !chats.contains(c))
+            .cloned()
+            .collect();
+        self.chats = chats;
+        MembershipChange { joined, left }
+    }
+
+    /// Decides again after a re-fetch: execute if the chat is now known, else reject.
+    pub fn after_refetch(&self, cmd: Command) -> Decision {
+        match cmd.chat_id() {
+            Some(chat) if !self.is_member(chat) => Decision::NotParticipant(cmd),
+            _ => Decision::Execute(cmd),
+        }
+    }
+
+    /// Records activity from the client (any frame, including pongs).
+    pub fn seen(&mut self, now: Instant) {
+        self.last_seen = now;
+    }
+
+    /// What the periodic heartbeat should do.
+    pub fn heartbeat(&self, now: Instant) -> Heartbeat {
+        if now.saturating_duration_since(self.last_seen) >= self.connection_timeout {
+            Heartbeat::Expire
+        } else {
+            Heartbeat::Ping
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(now: Instant) -> Session {
+        Session::new(
+            User {
+                id: "u1".into(),
+                name: "Ann".into(),
+            },
+            vec!["c1".into()],
+            now,
+            Duration::from_secs(2),
+            Duration::from_secs(60),
+        )
+    }
+
+    fn msg(chat: &str) -> Command {
+        Command::SendMessage {
+            chat_id: chat.into(),
+            content: "x".into(),
+            client_message_id: None,
+        }
+    }
+
+    #[test]
+    fn known_chats_execute_and_ping_needs_no_chat() {
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        assert_eq!(s.decide(msg("c1"), t0), Decision::Execute(msg("c1")));
+        assert_eq!(
+            s.decide(Command::Ping, t0),
+            Decision::Execute(Command::Ping)
+        );
+    }
+
+    #[test]
+    fn unknown_chat_refetches_at_most_once_per_interval() {
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        // The first unknown chat always re-fetches; the next one waits for the interval.
+        assert_eq!(s.decide(msg("c2"), t0), Decision::Refetch(msg("c2")));
+        assert_eq!(s.decide(msg("c2"), t0), Decision::NotParticipant(msg("c2")));
+        let t1 = t0 + Duration::from_secs(2);
+        assert_eq!(s.decide(msg("c2"), t1), Decision::Refetch(msg("c2")));
+        let change = s.refetched(vec!["c2".into()]);
+        assert_eq!(change.joined, vec![Arc::<str>::from("c2")]);
+        assert_eq!(change.left, vec![Arc::<str>::from("c1")]);
+        assert_eq!(s.after_refetch(msg("c2")), Decision::Execute(msg("c2")));
+        assert_eq!(
+            s.after_refetch(msg("c1")),
+            Decision::NotParticipant(msg("c1"))
+        );
+    }
+
+    #[test]
+    fn silence_past_the_timeout_expires() {
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        assert_eq!(s.heartbeat(t0 + Duration::from_secs(59)), Heartbeat::Ping);
+        s.seen(t0 + Duration::from_secs(30));
+        assert_eq!(s.heartbeat(t0 + Duration::from_secs(89)), Heartbeat::Ping);
+        assert_eq!(s.heartbeat(t0 + Duration::from_secs(90)), Heartbeat::Expire);
+    }
+}

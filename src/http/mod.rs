@@ -1,0 +1,63 @@
+//! Plain-HTTP requests on the WebSocket port: `GET /healthz` (the process is alive),
+//! `GET /readyz` (every worker listens and the backend answers), and in demo mode `GET /`, a
+//! small chat page embedded in the binary. Every response closes its connection; this is not a
+//! general web server.
+
+use std::time::Duration;
+
+use crate::net::handshake::{http_response, Request};
+use crate::net::worker::Worker;
+
+/// The demo chat page.
+const DEMO_PAGE: &str = include_str!("demo.html");
+/// How long `/readyz` waits for the backend probe.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The full response to a plain request.
+pub async fn respond(worker: &Worker, req: &Request) -> Vec<u8> {
+    if req.method != "GET" && req.method != "HEAD" {
+        return http_response(
+            405,
+            "Method Not Allowed",
+            "text/plain",
+            b"method not allowed",
+        );
+    }
+    match req.path.as_str() {
+        "/healthz" => http_response(200, "OK", "application/json", br#"{"status":"ok"}"#),
+        "/readyz" => {
+            let shared = &worker.shared;
+            let listening = shared.listening.load(std::sync::atomic::Ordering::SeqCst);
+            let stopping = shared.stopping.load(std::sync::atomic::Ordering::SeqCst);
+            let backend = shared.backend.clone();
+            let probe =
+                monoio::time::timeout(PROBE_TIMEOUT, worker.backend_call(backend.probe())).await;
+            let backend_ok = matches!(probe, Ok(Ok(())));
+            let ready = listening == shared.workers() && backend_ok && !stopping;
+            let body = format!(
+                r#"{{"ready":{ready},"workersListening":{listening},"workers":{},"backend":"{}","backendReachable":{backend_ok},"stopping":{stopping}}}"#,
+                shared.workers(),
+                backend.name()
+            );
+            if ready {
+                http_response(200, "OK", "application/json", body.as_bytes())
+            } else {
+                http_response(
+                    503,
+                    "Service Unavailable",
+                    "application/json",
+                    body.as_bytes(),
+                )
+            }
+        }
+        "/" | "/index.html" if worker.config().demo => {
+            http_response(200, "OK", "text/html; charset=utf-8", DEMO_PAGE.as_bytes())
+        }
+        _ => http_response(
+            426,
+            "Upgrade Required",
+            "text/plain",
+            b"this endpoint speaks WebSocket; see /healthz and /readyz",
+        ),
+    }
+}

@@ -1,0 +1,32 @@
+//! socket-server: a real-time chat gateway.
+//!
+//! It terminates WebSockets, authenticates users against a [`backend::Backend`] (the product's
+//! REST API, or an embedded SQLite store), and routes chat messages, read receipts, typing
+//! indicators and presence between the connections of a chat. It speaks the wire protocol of the
+//! original Bun/TypeScript server (see the README) and fixes its known defects.
+//!
+//! The crate is layered along the road a message travels:
+//! - [`protocol`]: the wire — inbound/outbound message types, the error-code and close-code
+//!   catalogue, frame encoding. No sockets, no storage.
+//! - [`core`]: sans-IO logic — room membership, presence counting, typing timers and the
+//!   per-connection session rules — driven by explicit calls and an explicit `now`.
+//! - [`backend`]: the `Backend` trait and its implementations (REST API, SQLite store, benchmark
+//!   fixture), run off the I/O threads on a small blocking pool.
+//! - [`net`]: the monoio shell — one worker thread per core, each with its own `SO_REUSEPORT`
+//!   listener, its connections, its rooms, and a mailbox for events from other workers.
+//! - [`http`]: plain-HTTP requests served on the WebSocket port (health, readiness, demo page).
+//!
+//! Guarantees: per connection, `chat:message` and `chat:read` are processed in arrival order;
+//! a room event is serialised once and shared by every delivery; workers share no lock on the
+//! message path. Not guaranteed: delivery to a connection whose socket is gone (there is no
+//! replay), and ordering between events published by different workers.
+#![forbid(unsafe_code)]
+
+pub mod backend;
+pub mod config;
+pub mod core;
+pub mod http;
+pub mod net;
+pub mod protocol;
+pub mod shutdown;
+pub mod telemetry;

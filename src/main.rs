@@ -1,0 +1,220 @@
+//! The `socket-server` command: serve (the default), check the configuration, or administer
+//! the embedded store.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use socket_server::backend::fixture::Fixture;
+use socket_server::backend::rest::RestBackend;
+use socket_server::backend::store::{Admin, Store, DEMO_CHAT, DEMO_USERS};
+use socket_server::backend::Backend;
+use socket_server::config::Config;
+use socket_server::net::mailbox::{Mailbox, Mailboxes};
+use socket_server::net::worker::{self, Shared};
+use socket_server::{shutdown, telemetry};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// How long start-up waits for every worker to bind.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Parser)]
+#[command(
+    name = "socket-server",
+    version,
+    about = "Real-time chat gateway over WebSockets"
+)]
+struct Cli {
+    #[command(flatten)]
+    config: Config,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve WebSockets (the default).
+    Serve,
+    /// Validate the configuration and print it; exit 2 if invalid.
+    CheckConfig,
+    /// Manage users of the embedded store.
+    User {
+        #[command(subcommand)]
+        command: UserCmd,
+    },
+    /// Manage chats of the embedded store.
+    Chat {
+        #[command(subcommand)]
+        command: ChatCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Create (or update) a user and print a new token for them.
+    Add {
+        /// User id.
+        id: String,
+        /// Display name (defaults to the id).
+        #[arg(long)]
+        name: Option<String>,
+        /// E-mail address.
+        #[arg(long, default_value = "")]
+        email: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ChatCmd {
+    /// Create a chat (if missing) and add members to it.
+    Add {
+        /// Chat id.
+        id: String,
+        /// Comma-separated user ids.
+        #[arg(long, value_delimiter = ',')]
+        members: Vec<String>,
+        /// Display name.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+}
+
+fn main() {
+    // `.env` fills in variables that are not already set, as in the seed.
+    let _ = dotenvy::dotenv();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None | Some(Cmd::Serve) => serve(cli.config),
+        Some(Cmd::CheckConfig) => check_config(&cli.config),
+        Some(Cmd::User { command }) => user(&cli.config, command),
+        Some(Cmd::Chat { command }) => chat(&cli.config, command),
+    };
+    if let Err(e) = result {
+        eprintln!("socket-server: {e:#}");
+        std::process::exit(
+            if e.downcast_ref::<socket_server::config::ConfigError>()
+                .is_some()
+            {
+                2
+            } else {
+                1
+            },
+        );
+    }
+}
+
+fn check_config(config: &Config) -> anyhow::Result<()> {
+    config.validate()?;
+    println!("configuration is valid");
+    println!("{config:#?}");
+    Ok(())
+}
+
+fn user(config: &Config, cmd: UserCmd) -> anyhow::Result<()> {
+    let admin = Admin::open(&config.store_path)
+        .with_context(|| format!("opening store {}", config.store_path.display()))?;
+    match cmd {
+        UserCmd::Add { id, name, email } => {
+            if id.trim().is_empty() {
+                bail!("user id must not be empty");
+            }
+            let name = name.unwrap_or_else(|| id.clone());
+            let token = admin.add_user(&id, &name, &email)?;
+            println!("{token}");
+        }
+    }
+    Ok(())
+}
+
+fn chat(config: &Config, cmd: ChatCmd) -> anyhow::Result<()> {
+    let mut admin = Admin::open(&config.store_path)
+        .with_context(|| format!("opening store {}", config.store_path.display()))?;
+    match cmd {
+        ChatCmd::Add { id, members, name } => {
+            if id.trim().is_empty() {
+                bail!("chat id must not be empty");
+            }
+            admin.add_chat(&id, &name, &members).context(
+                "adding the chat failed (every member must exist: add users with `user add`)",
+            )?;
+            println!("{id}");
+        }
+    }
+    Ok(())
+}
+
+fn backend(config: &Config) -> anyhow::Result<Arc<dyn Backend>> {
+    if let Some(url) = &config.http_api_url {
+        tracing::info!(url = %url, pool = config.backend_pool_size, "Using the REST API backend");
+        return Ok(Arc::new(RestBackend::new(
+            url,
+            config.backend_pool_size,
+            config.backend_timeout(),
+        )?));
+    }
+    if let Some(size) = config.fixture_size()? {
+        tracing::warn!(
+            users = size.users,
+            rooms = size.rooms,
+            "BENCHMARK MODE: in-memory fixture, tokens t0..t<users-1>; no real data is used"
+        );
+        return Ok(Arc::new(Fixture::new(size)));
+    }
+    if config.demo {
+        let mut admin = Admin::open(&config.store_path)?;
+        admin.seed_demo()?;
+        let tokens: Vec<&str> = DEMO_USERS.iter().map(|u| u.2).collect();
+        tracing::info!(chat = DEMO_CHAT, tokens = ?tokens, "Demo mode: seeded users and chat");
+    }
+    let path = config.store_path.display().to_string();
+    tracing::info!(path = %path, "Using the embedded store");
+    Ok(Arc::new(
+        Store::start(&config.store_path).with_context(|| format!("opening store {path}"))?,
+    ))
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    config.validate()?;
+    telemetry::init(&config.log_level);
+    let backend = backend(&config)?;
+    let addr = std::net::SocketAddr::new(config.host, config.ws_port);
+    let first = worker::bind_first(addr).with_context(|| format!("binding {addr}"))?;
+    let local = first.local_addr()?;
+    let workers = config.worker_count();
+    let mailboxes: Vec<Arc<Mailbox>> = (0..workers).map(|_| Arc::new(Mailbox::default())).collect();
+    let shared = Arc::new(Shared {
+        allowed_origins: config.allowed_origins(),
+        backend: backend.clone(),
+        bus: Box::new(Mailboxes(mailboxes.clone())),
+        mailboxes,
+        listening: Default::default(),
+        stopping: Default::default(),
+        config,
+    });
+    let handles = worker::start(shared.clone(), first)?;
+    let started = Instant::now();
+    while shared.listening.load(Ordering::SeqCst) < workers {
+        if started.elapsed() > STARTUP_TIMEOUT || shared.stopping.load(Ordering::SeqCst) {
+            bail!("workers failed to start listening");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    shutdown::install(shared.clone())?;
+    tracing::info!(
+        host = %local.ip(),
+        port = local.port(),
+        workers,
+        backend = backend.name(),
+        demo = shared.config.demo,
+        "Server listening"
+    );
+    for h in handles {
+        let _ = h.join();
+    }
+    tracing::info!("Server stopped");
+    Ok(())
+}

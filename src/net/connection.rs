@@ -1,0 +1,485 @@
+//! One connection, from the first byte to the last: handshake, authentication, the read loop,
+//! and the close. See `LIFECYCLE` below for the states.
+//!
+//! ```text
+//! accepted ──head──▶ plain GET ──▶ http::respond, close
+//!     │                upgrade ──▶ 101 ──▶ authenticating ──fail──▶ error + 4001, linger
+//!     │                                        │ ok
+//!     │                                        ▼
+//!     └─(AUTH_TIMEOUT: drop)            registered (rooms, presence) + `connected`
+//!                                              │ read loop
+//!                                              ▼
+//!                         closing (client close / protocol error / idle / drain) ─▶ linger ─▶ gone
+//! ```
+//!
+//! The read loop is the only place client frames are handled: one frame at a time, so a
+//! connection's `chat:message` and `chat:read` are processed in arrival order (each awaits its
+//! backend call before the next frame is read). Writes never happen here: everything goes
+//! into the connection's [`Outbox`], flushed by its writer task.
+
+use std::convert::Infallible;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use fastwebsockets::{Frame, OpCode, Role, WebSocketError, WebSocketRead};
+use monoio::net::TcpStream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::handshake::{self, Request, MAX_HEAD};
+use super::outbox::Outbox;
+use super::split::{self, ReadHalf};
+use super::worker::{Conn, Worker};
+use crate::backend::{BackendError, NewMessage};
+use crate::core::session::{Decision, Session, User};
+use crate::protocol::frame::{control_frame, MessageAssembler};
+use crate::protocol::outbound::{ErrorDetails, Outbound};
+use crate::protocol::{inbound, timestamp, CloseCode, Command, ErrorCode};
+
+/// How long to keep reading after our close frame, so the peer sees it before the socket goes.
+const LINGER: Duration = Duration::from_secs(2);
+
+type Reader = WebSocketRead<ReadHalf>;
+
+/// Why the read loop ended.
+enum End {
+    /// The client sent a close frame (already echoed).
+    ClientClosed,
+    /// The peer vanished (EOF or I/O error).
+    Gone,
+    /// The client broke a rule; close with this code.
+    Violation(CloseCode),
+    /// Someone else closed the outbox (idle timeout, write failure).
+    Closed,
+    /// The worker is draining.
+    Draining,
+}
+
+/// Serves one accepted socket until it closes.
+pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let mut stream = match stream.try_into_poll_io() {
+        Ok(s) => s,
+        Err((e, _)) => {
+            tracing::warn!(error = %e, "poll-io conversion failed");
+            return;
+        }
+    };
+    let mut buf = BytesMut::with_capacity(1024);
+    let head = monoio::time::timeout(worker.config().auth_timeout(), async {
+        loop {
+            if let Some(found) = handshake::parse(&buf)? {
+                return Ok::<_, handshake::HandshakeError>(Some(found));
+            }
+            buf.reserve(1024.min(MAX_HEAD + 1 - buf.len()));
+            match stream.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return Ok(None),
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    let (req, consumed) = match head {
+        Ok(Ok(Some(found))) => found,
+        Ok(Ok(None)) | Err(_) => return, // closed or too slow before a full head
+        Ok(Err(e)) => {
+            let (status, reason) = e.status();
+            let body = e.to_string();
+            let _ = stream
+                .write_all(&handshake::http_response(
+                    status,
+                    reason,
+                    "text/plain",
+                    body.as_bytes(),
+                ))
+                .await;
+            return;
+        }
+    };
+    let Some(upgrade) = req.upgrade.clone() else {
+        let response = crate::http::respond(&worker, &req).await;
+        let _ = stream.write_all(&response).await;
+        let _ = stream.shutdown().await;
+        return;
+    };
+    if !handshake::origin_allowed(
+        req.origin.as_deref(),
+        req.host.as_deref(),
+        &worker.shared.allowed_origins,
+    ) {
+        tracing::warn!(
+            origin = req.origin.as_deref().unwrap_or(""),
+            "Origin rejected"
+        );
+        let _ = stream
+            .write_all(&handshake::http_response(
+                403,
+                "Forbidden",
+                "text/plain",
+                b"origin not allowed",
+            ))
+            .await;
+        return;
+    }
+    if stream
+        .write_all(&handshake::switching_protocols(&upgrade))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let leftover = buf.split_off(consumed);
+    let (read_half, write_half) = split::split(stream, leftover);
+    let outbox = Rc::new(Outbox::new());
+    monoio::spawn({
+        let outbox = outbox.clone();
+        async move { outbox.run_writer(write_half).await }
+    });
+    let (mut ws, _) =
+        fastwebsockets::after_handshake_split(read_half, tokio::io::sink(), Role::Server);
+    // Per-frame check by fastwebsockets (`>=`); the whole-message cap is the assembler's.
+    ws.set_max_message_size(worker.config().max_message_size.saturating_add(1));
+
+    let Some(token) = upgrade.token else {
+        reject(
+            &outbox,
+            BackendError::TokenRejected("Missing token".into()),
+            &req,
+        );
+        linger(&mut ws, &outbox).await;
+        return;
+    };
+    let backend = worker.shared.backend.clone();
+    let started = Instant::now();
+    let auth = worker.backend_call(async {
+        let profile = backend.authenticate(&token).await?;
+        let chats = backend.chats(&token).await?;
+        Ok::<_, BackendError>((profile, chats))
+    });
+    let (profile, chats) = match monoio::time::timeout(worker.config().auth_timeout(), auth).await {
+        Ok(Ok(found)) => found,
+        Ok(Err(e)) => {
+            reject(&outbox, e, &req);
+            linger(&mut ws, &outbox).await;
+            return;
+        }
+        Err(_) => {
+            reject(&outbox, BackendError::UpstreamTimeout, &req);
+            linger(&mut ws, &outbox).await;
+            return;
+        }
+    };
+
+    let now = Instant::now();
+    let chats: Vec<Arc<str>> = chats.into_iter().map(Arc::from).collect();
+    let name = if profile.name.is_empty() {
+        profile.user_id.clone()
+    } else {
+        profile.name
+    };
+    let user = User {
+        id: profile.user_id.into(),
+        name: name.into(),
+    };
+    // `connected` is queued before the rooms are joined, in the same tick: it is the first
+    // frame the client sees, and no room event can fall between the two.
+    outbox.push(
+        &Outbound::Connected {
+            user_id: &user.id,
+            chat_ids: &chats,
+        }
+        .to_frame(),
+    );
+    let cfg = worker.config();
+    let session = Session::new(
+        user.clone(),
+        chats.clone(),
+        now,
+        cfg.chats_refetch_interval(),
+        cfg.connection_timeout(),
+    );
+    let conn = Rc::new(Conn {
+        outbox: outbox.clone(),
+        session: session.into(),
+    });
+    let slot = worker.register(conn.clone());
+    tracing::info!(
+        user_id = %user.id,
+        chat_count = chats.len(),
+        chat_ids = ?chats,
+        worker = worker.id,
+        path = %req.path,
+        auth_ms = started.elapsed().as_secs_f64() * 1e3,
+        "User connected"
+    );
+
+    let end = read_loop(&worker, &conn, slot, &token, &mut ws).await;
+    worker.unregister(slot);
+    match end {
+        End::Violation(code) => outbox.close(code),
+        End::Draining => {
+            // The worker sends SERVER_SHUTDOWN + 1001 once in-flight calls are done.
+            let _ = monoio::time::timeout(cfg.shutdown_timeout(), outbox.closed()).await;
+        }
+        End::Gone => outbox.close(CloseCode::Normal),
+        End::ClientClosed | End::Closed => {}
+    }
+    tracing::info!(user_id = %user.id, worker = worker.id, "User disconnected");
+    if !matches!(end, End::Gone | End::ClientClosed) {
+        linger(&mut ws, &outbox).await;
+    }
+    // Idempotent; guarantees the writer task ends and releases the socket.
+    outbox.close(CloseCode::GoingAway);
+}
+
+/// Answers a failed authentication: the error, then the close code for it.
+fn reject(outbox: &Outbox, e: BackendError, req: &Request) {
+    let (code, close) = match e.code() {
+        ErrorCode::HttpError => (ErrorCode::HttpError, CloseCode::TryAgainLater),
+        ErrorCode::InternalError => (ErrorCode::InternalError, CloseCode::InternalError),
+        _ => (ErrorCode::AuthFailed, CloseCode::AuthFailed),
+    };
+    tracing::warn!(path = %req.path, reason = %e, code = code.as_str(), "Authentication failed");
+    let details = ErrorDetails { status: e.status() };
+    let message = e.client_message();
+    outbox.push(
+        &Outbound::Error {
+            code,
+            message: &message,
+            details: &details,
+        }
+        .to_frame(),
+    );
+    outbox.close(close);
+}
+
+/// Queues a frame that fastwebsockets obliges us to send (pong, close echo).
+fn obligated(outbox: &Outbox, frame: Frame<'_>) -> std::future::Ready<Result<(), Infallible>> {
+    let encoded = control_frame(frame.opcode, &frame.payload);
+    if frame.opcode == OpCode::Close {
+        outbox.close_with(&encoded);
+    } else {
+        outbox.push(&encoded);
+    }
+    std::future::ready(Ok(()))
+}
+
+async fn read_loop(worker: &Worker, conn: &Conn, slot: usize, token: &str, ws: &mut Reader) -> End {
+    let cfg = worker.config();
+    let mut assembler = MessageAssembler::new(cfg.max_message_size, cfg.max_fragments);
+    let mut send = |f: Frame<'_>| obligated(&conn.outbox, f);
+    loop {
+        if worker.draining() {
+            return End::Draining;
+        }
+        // Cancelling `read_frame` can lose a partly read frame header; it is only cancelled
+        // when the connection is ending anyway.
+        let frame = monoio::select! {
+            f = ws.read_frame(&mut send) => f,
+            _ = conn.outbox.closed() => return End::Closed,
+            _ = worker.stop.wait() => return End::Draining,
+        };
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => return frame_error(e),
+        };
+        let now = Instant::now();
+        conn.session.borrow_mut().seen(now);
+        match frame.opcode {
+            OpCode::Close => return End::ClientClosed,
+            OpCode::Ping | OpCode::Pong => continue,
+            OpCode::Text | OpCode::Binary | OpCode::Continuation => {}
+        }
+        let message = match assembler.push(frame) {
+            Ok(Some(m)) => m,
+            Ok(None) => continue,
+            Err(e) => return End::Violation(e.close_code()),
+        };
+        let mut payload = message.payload;
+        match inbound::parse(&mut payload) {
+            Ok(cmd) => handle(worker, conn, slot, token, cmd, now).await,
+            Err(e) => send_error(&conn.outbox, e.code(), &e.to_string(), None),
+        }
+    }
+}
+
+fn frame_error(e: WebSocketError) -> End {
+    match e {
+        WebSocketError::FrameTooLarge => End::Violation(CloseCode::MessageTooBig),
+        WebSocketError::InvalidUTF8 => End::Violation(CloseCode::InvalidPayload),
+        WebSocketError::UnexpectedEOF
+        | WebSocketError::IoError(_)
+        | WebSocketError::ConnectionClosed => End::Gone,
+        _ => End::Violation(CloseCode::ProtocolError),
+    }
+}
+
+fn send_error(outbox: &Outbox, code: ErrorCode, message: &str, status: Option<u16>) {
+    let details = ErrorDetails { status };
+    outbox.push(
+        &Outbound::Error {
+            code,
+            message,
+            details: &details,
+        }
+        .to_frame(),
+    );
+}
+
+fn backend_error(outbox: &Outbox, e: &BackendError) {
+    send_error(outbox, e.code(), &e.client_message(), e.status());
+}
+
+async fn handle(
+    worker: &Worker,
+    conn: &Conn,
+    slot: usize,
+    token: &str,
+    cmd: Command,
+    now: Instant,
+) {
+    let decision = conn.session.borrow_mut().decide(cmd, now);
+    let cmd = match decision {
+        Decision::Execute(cmd) => cmd,
+        Decision::NotParticipant(_) => {
+            return send_error(
+                &conn.outbox,
+                ErrorCode::NotParticipant,
+                "Not a participant of this chat",
+                None,
+            )
+        }
+        Decision::Refetch(cmd) => {
+            let backend = worker.shared.backend.clone();
+            match worker.backend_call(backend.chats(token)).await {
+                Ok(chats) => {
+                    let chats = chats.into_iter().map(Arc::from).collect();
+                    let change = conn.session.borrow_mut().refetched(chats);
+                    worker.rejoin(slot, &change.joined, &change.left);
+                    match conn.session.borrow().after_refetch(cmd) {
+                        Decision::Execute(cmd) => cmd,
+                        _ => {
+                            return send_error(
+                                &conn.outbox,
+                                ErrorCode::NotParticipant,
+                                "Not a participant of this chat",
+                                None,
+                            )
+                        }
+                    }
+                }
+                Err(e) => return backend_error(&conn.outbox, &e),
+            }
+        }
+    };
+    let user = conn.session.borrow().user().clone();
+    match cmd {
+        Command::Ping => {
+            let ts = timestamp::now();
+            conn.outbox
+                .push(&Outbound::Pong { timestamp: &ts }.to_frame());
+        }
+        Command::SendMessage {
+            chat_id,
+            content,
+            client_message_id,
+        } => {
+            let new = NewMessage {
+                chat_id,
+                content,
+                client_message_id,
+                sender_id: user.id.to_string(),
+                sender_name: user.name.to_string(),
+            };
+            let backend = worker.shared.backend.clone();
+            match worker
+                .backend_call(backend.create_message(token, new))
+                .await
+            {
+                Ok(m) => {
+                    tracing::debug!(user_id = %user.id, chat_id = %m.chat_id, message_id = %m.id, "Message sent");
+                    let frame = Outbound::ChatMessage {
+                        chat_id: &m.chat_id,
+                        message: &m,
+                    }
+                    .to_frame();
+                    let room = chat_arc(conn, &m.chat_id);
+                    worker.publish(vec![room], frame, None);
+                }
+                Err(e) => backend_error(&conn.outbox, &e),
+            }
+        }
+        Command::MarkRead {
+            chat_id,
+            message_id,
+        } => {
+            let backend = worker.shared.backend.clone();
+            match worker
+                .backend_call(backend.mark_read(token, &chat_id, &message_id))
+                .await
+            {
+                Ok(read_at) => {
+                    let read_at = read_at.unwrap_or_else(timestamp::now);
+                    tracing::debug!(user_id = %user.id, chat_id = %chat_id, message_id = %message_id, "Read receipt");
+                    let frame = Outbound::ChatRead {
+                        chat_id: &chat_id,
+                        message_id: &message_id,
+                        user_id: &user.id,
+                        read_at: &read_at,
+                    }
+                    .to_frame();
+                    worker.publish(vec![chat_arc(conn, &chat_id)], frame, None);
+                }
+                Err(e) => backend_error(&conn.outbox, &e),
+            }
+        }
+        Command::Typing { chat_id, is_typing } => {
+            let room = chat_arc(conn, &chat_id);
+            worker.set_typing(slot, &room, is_typing, now);
+            tracing::debug!(user_id = %user.id, chat_id = %chat_id, is_typing, "Typing");
+            let frame = Outbound::ChatTyping {
+                chat_id: &chat_id,
+                user_id: &user.id,
+                user_name: &user.name,
+                is_typing,
+            }
+            .to_frame();
+            worker.publish(vec![room], frame, Some((worker.id, slot)));
+        }
+    }
+}
+
+/// The session's shared id for `chat` (so rooms keyed by it match), or a new one.
+fn chat_arc(conn: &Conn, chat: &str) -> Arc<str> {
+    conn.session
+        .borrow()
+        .chats()
+        .iter()
+        .find(|c| &***c == chat)
+        .cloned()
+        .unwrap_or_else(|| chat.into())
+}
+
+/// After our close frame: read and discard until the peer closes (or [`LINGER`] passes), so
+/// unread input does not turn the close into a reset that could destroy the close frame.
+async fn linger(ws: &mut Reader, outbox: &Outbox) {
+    let mut ignore = |_f: Frame<'_>| std::future::ready(Ok::<(), Infallible>(()));
+    let _ = monoio::time::timeout(LINGER, async {
+        loop {
+            match ws.read_frame(&mut ignore).await {
+                Ok(f) if f.opcode == OpCode::Close => break,
+                Ok(_) => continue,
+                Err(_) => break,
+            }
+        }
+    })
+    .await;
+    // Give the writer a moment to flush what is queued before the socket is dropped.
+    let _ = monoio::time::timeout(Duration::from_millis(200), async {
+        while !outbox.writer_done() {
+            monoio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}

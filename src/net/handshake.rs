@@ -1,0 +1,343 @@
+//! The HTTP/1.1 request that opens a connection: a WebSocket upgrade, or a plain GET for the
+//! HTTP endpoints.
+//!
+//! Parsing is httparse's; this module applies the rules on top: RFC 6455 upgrade requirements,
+//! the token carriers (`?token=`, `Authorization: Bearer`, `Sec-WebSocket-Protocol: bearer,
+//! <token>`), the Origin allow-list, and absolute-form targets (`GET http://host/path`).
+//! Guarantees: the head is capped at [`MAX_HEAD`] bytes and [`MAX_HEADERS`] headers; the
+//! logged path never contains the query string (tokens travel there).
+
+use base64::Engine;
+use percent_encoding::percent_decode_str;
+use sha1::{Digest, Sha1};
+
+/// Largest request head accepted, in bytes.
+pub const MAX_HEAD: usize = 8 * 1024;
+/// Most headers accepted.
+pub const MAX_HEADERS: usize = 48;
+
+const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// Why a request was refused; each maps to an HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandshakeError {
+    /// Not parseable as HTTP/1.x.
+    #[error("malformed HTTP request")]
+    Malformed,
+    /// The head exceeded [`MAX_HEAD`] or [`MAX_HEADERS`].
+    #[error("request head too large")]
+    TooLarge,
+    /// An upgrade without a valid key, version or method.
+    #[error("invalid WebSocket upgrade: {0}")]
+    BadUpgrade(&'static str),
+    /// The browser origin is not allowed by `CORS_ORIGIN`.
+    #[error("origin not allowed")]
+    OriginRejected,
+}
+
+impl HandshakeError {
+    /// The HTTP status and reason phrase to answer with.
+    pub fn status(&self) -> (u16, &'static str) {
+        match self {
+            HandshakeError::Malformed | HandshakeError::BadUpgrade(_) => (400, "Bad Request"),
+            HandshakeError::TooLarge => (431, "Request Header Fields Too Large"),
+            HandshakeError::OriginRejected => (403, "Forbidden"),
+        }
+    }
+}
+
+/// A parsed request head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// Request method.
+    pub method: String,
+    /// Path without query, for routing and logs.
+    pub path: String,
+    /// `Host` header.
+    pub host: Option<String>,
+    /// `Origin` header.
+    pub origin: Option<String>,
+    /// Present when the request asks for a WebSocket upgrade.
+    pub upgrade: Option<Upgrade>,
+}
+
+/// The WebSocket part of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upgrade {
+    /// `Sec-WebSocket-Accept` value to answer with.
+    pub accept: String,
+    /// The token, from whichever carrier had one.
+    pub token: Option<String>,
+    /// Whether the token came through `Sec-WebSocket-Protocol` (answer with `bearer`).
+    pub bearer_protocol: bool,
+}
+
+/// Parses a head from `buf`. `Ok(None)`: incomplete, read more. `Ok(Some((req, n)))`: the head
+/// is the first `n` bytes.
+pub fn parse(buf: &[u8]) -> Result<Option<(Request, usize)>, HandshakeError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let n = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
+            return Err(HandshakeError::TooLarge)
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(HandshakeError::TooLarge),
+        Err(_) => return Err(HandshakeError::Malformed),
+    };
+    let method = req.method.ok_or(HandshakeError::Malformed)?.to_string();
+    let target = req.path.ok_or(HandshakeError::Malformed)?;
+    let (path, query) = split_target(target);
+
+    let header = |name: &str| {
+        req.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+            .map(str::trim)
+    };
+    let host = header("host").map(str::to_string);
+    let origin = header("origin").map(str::to_string);
+    let wants_upgrade = header("upgrade").is_some_and(|v| {
+        v.split(',')
+            .any(|t| t.trim().eq_ignore_ascii_case("websocket"))
+    });
+
+    let upgrade = if wants_upgrade {
+        if method != "GET" {
+            return Err(HandshakeError::BadUpgrade("method must be GET"));
+        }
+        if !header("connection").is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        }) {
+            return Err(HandshakeError::BadUpgrade(
+                "Connection must include Upgrade",
+            ));
+        }
+        if header("sec-websocket-version") != Some("13") {
+            return Err(HandshakeError::BadUpgrade(
+                "Sec-WebSocket-Version must be 13",
+            ));
+        }
+        let key = header("sec-websocket-key")
+            .filter(|k| !k.is_empty())
+            .ok_or(HandshakeError::BadUpgrade("Sec-WebSocket-Key is required"))?;
+        let (token, bearer_protocol) = find_token(
+            query,
+            header("authorization"),
+            header("sec-websocket-protocol"),
+        );
+        Some(Upgrade {
+            accept: accept_key(key),
+            token,
+            bearer_protocol,
+        })
+    } else {
+        None
+    };
+    Ok(Some((
+        Request {
+            method,
+            path: path.to_string(),
+            host,
+            origin,
+            upgrade,
+        },
+        n,
+    )))
+}
+
+/// Splits an origin-form or absolute-form target into path and query.
+fn split_target(target: &str) -> (&str, &str) {
+    let rest = match target.find("://") {
+        Some(i) if !target.starts_with('/') => {
+            let after = &target[i + 3..];
+            after.find('/').map_or("/", |j| &after[j..])
+        }
+        _ => target,
+    };
+    match rest.split_once('?') {
+        Some((p, q)) => (p, q),
+        None => (rest, ""),
+    }
+}
+
+/// The token from the first carrier that has one: query, then Authorization, then protocol.
+fn find_token(
+    query: &str,
+    authorization: Option<&str>,
+    protocol: Option<&str>,
+) -> (Option<String>, bool) {
+    for pair in query.split('&') {
+        if let Some(v) = pair.strip_prefix("token=") {
+            let v = percent_decode_str(&v.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned();
+            if !v.is_empty() {
+                return (Some(v), false);
+            }
+        }
+    }
+    if let Some(auth) = authorization {
+        if let Some((scheme, t)) = auth.split_once(' ') {
+            if scheme.eq_ignore_ascii_case("bearer") && !t.trim().is_empty() {
+                return (Some(t.trim().to_string()), false);
+            }
+        }
+    }
+    if let Some(p) = protocol {
+        let mut parts = p.split(',').map(str::trim);
+        if parts
+            .next()
+            .is_some_and(|first| first.eq_ignore_ascii_case("bearer"))
+        {
+            if let Some(t) = parts.next().filter(|t| !t.is_empty()) {
+                return (Some(t.to_string()), true);
+            }
+        }
+    }
+    (None, false)
+}
+
+/// `Sec-WebSocket-Accept` for a key (RFC 6455 §4.2.2).
+pub fn accept_key(key: &str) -> String {
+    let mut sha = Sha1::new();
+    sha.update(key.as_bytes());
+    sha.update(WS_GUID.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(sha.finalize())
+}
+
+/// Whether a browser `origin` may connect: absent (not a browser), same-origin with `host`, or
+/// listed in `allowed` (`*` allows any).
+pub fn origin_allowed(origin: Option<&str>, host: Option<&str>, allowed: &[String]) -> bool {
+    let Some(origin) = origin else { return true };
+    let origin = origin.trim_end_matches('/');
+    if allowed
+        .iter()
+        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+    {
+        return true;
+    }
+    let authority = origin.split_once("://").map_or(origin, |(_, a)| a);
+    host.is_some_and(|h| h.eq_ignore_ascii_case(authority))
+}
+
+/// The `101 Switching Protocols` response.
+pub fn switching_protocols(up: &Upgrade) -> Vec<u8> {
+    let mut r = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n",
+        up.accept
+    );
+    if up.bearer_protocol {
+        r.push_str("Sec-WebSocket-Protocol: bearer\r\n");
+    }
+    r.push_str("\r\n");
+    r.into_bytes()
+}
+
+/// A complete plain-HTTP response that closes the connection.
+pub fn http_response(status: u16, reason: &str, content_type: &str, body: &[u8]) -> Vec<u8> {
+    let mut r = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\nCache-Control: no-store\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    r.extend_from_slice(body);
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+    fn upgrade(extra: &str, target: &str) -> Result<Option<(Request, usize)>, HandshakeError> {
+        let req = format!(
+            "GET {target} HTTP/1.1\r\nHost: h:1\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {KEY}\r\n{extra}\r\n"
+        );
+        parse(req.as_bytes())
+    }
+
+    #[test]
+    fn accept_key_matches_rfc_example() {
+        assert_eq!(accept_key(KEY), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    #[test]
+    fn finds_the_token_in_each_carrier() {
+        let (r, _) = upgrade("", "/?token=a%2Bb").unwrap().unwrap();
+        assert_eq!(r.upgrade.unwrap().token.as_deref(), Some("a+b"));
+        assert_eq!(r.path, "/");
+        let (r, _) = upgrade("Authorization: Bearer xyz\r\n", "/ws")
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.upgrade.unwrap().token.as_deref(), Some("xyz"));
+        let (r, _) = upgrade("Sec-WebSocket-Protocol: bearer, tok\r\n", "/")
+            .unwrap()
+            .unwrap();
+        let up = r.upgrade.unwrap();
+        assert_eq!(up.token.as_deref(), Some("tok"));
+        assert!(up.bearer_protocol);
+        assert!(String::from_utf8(switching_protocols(&up))
+            .unwrap()
+            .contains("Sec-WebSocket-Protocol: bearer\r\n"));
+        let (r, _) = upgrade("", "http://h:1/ws?x=1&token=abc").unwrap().unwrap();
+        assert_eq!(r.path, "/ws");
+        assert_eq!(r.upgrade.unwrap().token.as_deref(), Some("abc"));
+        let (r, _) = upgrade("", "/").unwrap().unwrap();
+        assert_eq!(r.upgrade.unwrap().token, None);
+    }
+
+    #[test]
+    fn rejects_broken_upgrades_and_oversized_heads() {
+        let bad = "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 8\r\nSec-WebSocket-Key: k\r\n\r\n";
+        assert!(matches!(
+            parse(bad.as_bytes()),
+            Err(HandshakeError::BadUpgrade(_))
+        ));
+        let huge = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(MAX_HEAD));
+        assert_eq!(parse(huge.as_bytes()), Err(HandshakeError::TooLarge));
+        assert_eq!(
+            parse(b"\x00\x01garbage\r\n\r\n"),
+            Err(HandshakeError::Malformed)
+        );
+        assert_eq!(parse(b"GET / HTTP/1.1\r\nHost: x\r\n"), Ok(None));
+    }
+
+    #[test]
+    fn plain_get_is_not_an_upgrade() {
+        let (r, n) = parse(b"GET /healthz?x HTTP/1.1\r\nHost: a\r\n\r\nrest")
+            .unwrap()
+            .unwrap();
+        assert_eq!((r.path.as_str(), r.upgrade, n), ("/healthz", None, 36));
+    }
+
+    #[test]
+    fn origin_rules() {
+        let allowed = vec!["http://localhost:5173".to_string()];
+        assert!(origin_allowed(None, None, &allowed));
+        assert!(origin_allowed(
+            Some("http://localhost:5173"),
+            Some("x"),
+            &allowed
+        ));
+        assert!(origin_allowed(
+            Some("http://127.0.0.1:8080"),
+            Some("127.0.0.1:8080"),
+            &allowed
+        ));
+        assert!(!origin_allowed(
+            Some("http://evil.example"),
+            Some("127.0.0.1:8080"),
+            &allowed
+        ));
+        assert!(origin_allowed(
+            Some("http://evil.example"),
+            None,
+            &["*".to_string()]
+        ));
+    }
+}

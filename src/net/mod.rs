@@ -1,0 +1,20 @@
+//! The monoio shell: threads, sockets and timers around the sans-IO core.
+//!
+//! - [`worker`]: one thread per core, each a monoio runtime (io_uring, or epoll where io_uring
+//!   is unavailable) with its own `SO_REUSEPORT` listener, connection table, rooms, typing timers
+//!   and presence shard.
+//! - [`handshake`]: the HTTP/1.1 upgrade, parsed with httparse; Origin and token rules.
+//! - [`connection`]: one task per connection running the read loop.
+//! - [`outbox`]: a connection's outgoing bytes, coalesced into one write per tick.
+//! - [`mailbox`]: lock-free, batched delivery of events from other workers.
+//! - [`split`]: the socket's read and write halves for the two tasks of a connection.
+//!
+//! Guarantee: nothing here takes a lock shared with another worker on the message path; what
+//! crosses workers goes through [`mailbox`].
+
+pub mod connection;
+pub mod handshake;
+pub mod mailbox;
+pub mod outbox;
+pub mod split;
+pub mod worker;

@@ -1,0 +1,138 @@
+//! A connection's outgoing bytes.
+//!
+//! Everything queued for a socket during one pass of the event loop is appended to one buffer
+//! and leaves in one write: the writer task is woken once, runs after the tasks that queued, and
+//! takes the whole buffer (uWebSockets' "cork"). Frames arrive already encoded (a room event is
+//! encoded once for all its recipients), so queuing is a `memcpy`.
+//!
+//! States: open → closing (a close frame is queued; nothing more is accepted; the writer sends
+//! what is queued, then shuts the socket's write side) → done. Closing also wakes the reader
+//! task, which stops reading.
+
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::task::{Poll, Waker};
+
+use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
+
+use super::split::WriteHalf;
+use crate::protocol::frame::close_frame;
+use crate::protocol::CloseCode;
+
+/// Outgoing bytes of one connection.
+#[derive(Default)]
+pub struct Outbox {
+    buf: RefCell<Vec<u8>>,
+    closing: Cell<bool>,
+    writer_done: Cell<bool>,
+    writer: Cell<Option<Waker>>,
+    watchers: RefCell<Vec<Waker>>,
+}
+
+impl Outbox {
+    /// A new, open outbox.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Queues an encoded frame; returns `false` (and drops it) once closing.
+    pub fn push(&self, frame: &[u8]) -> bool {
+        if self.closing.get() {
+            return false;
+        }
+        self.buf.borrow_mut().extend_from_slice(frame);
+        self.wake_writer();
+        true
+    }
+
+    /// Queues a close frame with `code` and stops accepting frames. Idempotent.
+    pub fn close(&self, code: CloseCode) {
+        self.close_with(&close_frame(code));
+    }
+
+    /// Queues `frame` (an encoded close frame) and stops accepting frames. Idempotent.
+    pub fn close_with(&self, frame: &Bytes) {
+        if self.closing.replace(true) {
+            return;
+        }
+        self.buf.borrow_mut().extend_from_slice(frame);
+        self.wake_writer();
+        for w in self.watchers.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+
+    /// Whether a close was queued.
+    pub fn is_closing(&self) -> bool {
+        self.closing.get()
+    }
+
+    /// Bytes waiting to be written.
+    pub fn queued(&self) -> usize {
+        self.buf.borrow().len()
+    }
+
+    /// Completes once the outbox is closing.
+    pub async fn closed(&self) {
+        poll_fn(|cx| {
+            if self.closing.get() {
+                return Poll::Ready(());
+            }
+            let mut w = self.watchers.borrow_mut();
+            if !w.iter().any(|x| x.will_wake(cx.waker())) {
+                w.push(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Whether the writer has finished (socket write side shut or failed).
+    pub fn writer_done(&self) -> bool {
+        self.writer_done.get()
+    }
+
+    fn wake_writer(&self) {
+        if let Some(w) = self.writer.take() {
+            w.wake();
+        }
+    }
+
+    /// The writer task: sends queued bytes until closing and drained, or a write fails.
+    pub async fn run_writer(&self, mut socket: WriteHalf) {
+        let mut spare = Vec::new();
+        loop {
+            poll_fn(|cx| {
+                if !self.buf.borrow().is_empty() || self.closing.get() {
+                    Poll::Ready(())
+                } else {
+                    self.writer.set(Some(cx.waker().clone()));
+                    Poll::Pending
+                }
+            })
+            .await;
+            std::mem::swap(&mut *self.buf.borrow_mut(), &mut spare);
+            if !spare.is_empty() {
+                if socket.write_all(&spare).await.is_err() {
+                    // The peer is gone: stop accepting frames and let the reader finish.
+                    self.closing.set(true);
+                    for w in self.watchers.borrow_mut().drain(..) {
+                        w.wake();
+                    }
+                    break;
+                }
+                spare.clear();
+                // Big bursts should not pin memory for the connection's lifetime.
+                if spare.capacity() > 64 * 1024 {
+                    spare = Vec::new();
+                }
+            }
+            if self.closing.get() && self.buf.borrow().is_empty() {
+                let _ = socket.shutdown().await;
+                break;
+            }
+        }
+        self.writer_done.set(true);
+    }
+}

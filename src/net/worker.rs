@@ -1,0 +1,492 @@
+//! Workers: one thread per core, each a monoio runtime owning a shard of connections.
+//!
+//! A worker owns its listener (`SO_REUSEPORT`: the kernel spreads new connections over the
+//! workers), its connection table, the local members of each room, the typing timers of its
+//! connections and the presence counts of the users hashed to it. Other workers reach it only
+//! through its [`Mailbox`]. Three long-lived tasks run on it: the accept loop, the mailbox loop
+//! and the ticker (heartbeats and typing expiry); plus two tasks per connection.
+//!
+//! Drain (SIGTERM/SIGINT): stop accepting and reading, let backend calls in flight finish
+//! (bounded by `SHUTDOWN_TIMEOUT`), then send every connection `SERVER_SHUTDOWN` and close 1001.
+//! Presence and typing changes caused by the drain itself are not broadcast: everyone is being
+//! disconnected anyway.
+
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use monoio::net::{ListenerOpts, TcpListener};
+use slab::Slab;
+
+use super::connection;
+use super::mailbox::{Bus, ConnRef, Envelope, Mailbox, RoomEvent};
+use super::outbox::Outbox;
+use crate::backend::Backend;
+use crate::config::Config;
+use crate::core::presence::{owner_of, Presence};
+use crate::core::room::Rooms;
+use crate::core::session::{Heartbeat, Session};
+use crate::core::typing::Typing;
+use crate::protocol::frame::control_frame;
+use crate::protocol::outbound::error_frame;
+use crate::protocol::{CloseCode, ErrorCode, Outbound};
+
+/// Longest pause of the ticker; bounds how late a typing expiry or heartbeat can fire.
+const MAX_TICK: Duration = Duration::from_millis(100);
+/// Shortest pause of the ticker.
+const MIN_TICK: Duration = Duration::from_millis(5);
+
+/// State shared by all workers (read-mostly; nothing here is locked on the message path).
+pub struct Shared {
+    /// Validated configuration.
+    pub config: Config,
+    /// Parsed `CORS_ORIGIN`.
+    pub allowed_origins: Vec<String>,
+    /// The backend.
+    pub backend: Arc<dyn Backend>,
+    /// Every worker's mailbox, by worker id.
+    pub mailboxes: Vec<Arc<Mailbox>>,
+    /// Where room events go beyond their worker.
+    pub bus: Box<dyn Bus>,
+    /// Workers whose listener is bound.
+    pub listening: AtomicUsize,
+    /// Set once shutdown begins.
+    pub stopping: AtomicBool,
+}
+
+impl Shared {
+    /// Number of workers.
+    pub fn workers(&self) -> usize {
+        self.mailboxes.len()
+    }
+
+    /// Starts the drain on every worker.
+    pub fn shutdown(&self) {
+        if !self.stopping.swap(true, Ordering::SeqCst) {
+            for mb in &self.mailboxes {
+                mb.post(Envelope::Shutdown);
+            }
+        }
+    }
+}
+
+/// A one-shot, thread-local event that tasks can wait for.
+#[derive(Default)]
+pub struct Signal {
+    set: Cell<bool>,
+    waiters: RefCell<Vec<Waker>>,
+}
+
+impl Signal {
+    /// Fires the signal, waking every waiter.
+    pub fn fire(&self) {
+        self.set.set(true);
+        for w in self.waiters.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+    /// Whether it fired.
+    pub fn is_set(&self) -> bool {
+        self.set.get()
+    }
+    /// Completes once fired.
+    pub async fn wait(&self) {
+        poll_fn(|cx| {
+            if self.set.get() {
+                return Poll::Ready(());
+            }
+            self.waiters.borrow_mut().push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+/// One authenticated connection, shared by its task and the worker's table.
+pub struct Conn {
+    /// Outgoing bytes.
+    pub outbox: Rc<Outbox>,
+    /// The sans-IO session.
+    pub session: RefCell<Session>,
+}
+
+/// A worker's state. Lives on its thread only.
+pub struct Worker {
+    /// Worker index.
+    pub id: usize,
+    /// Process-wide state.
+    pub shared: Arc<Shared>,
+    conns: RefCell<Slab<Rc<Conn>>>,
+    rooms: RefCell<Rooms<usize>>,
+    typing: RefCell<Typing<(usize, Arc<str>)>>,
+    presence: RefCell<Presence>,
+    scratch: RefCell<Vec<usize>>,
+    /// Fired when the drain starts: stop accepting and reading.
+    pub stop: Signal,
+    inflight: Cell<usize>,
+}
+
+impl Worker {
+    fn new(id: usize, shared: Arc<Shared>) -> Self {
+        let typing = Typing::new(shared.config.typing_timeout());
+        Self {
+            id,
+            shared,
+            conns: RefCell::new(Slab::new()),
+            rooms: RefCell::default(),
+            typing: RefCell::new(typing),
+            presence: RefCell::default(),
+            scratch: RefCell::default(),
+            stop: Signal::default(),
+            inflight: Cell::new(0),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// Whether the drain has begun.
+    pub fn draining(&self) -> bool {
+        self.stop.is_set()
+    }
+
+    /// Number of connections on this worker.
+    pub fn connections(&self) -> usize {
+        self.conns.borrow().len()
+    }
+
+    /// Runs a backend call, counted as in flight so the drain can wait for it.
+    pub async fn backend_call<T>(&self, f: impl std::future::Future<Output = T>) -> T {
+        self.inflight.set(self.inflight.get() + 1);
+        let out = f.await;
+        self.inflight.set(self.inflight.get() - 1);
+        out
+    }
+
+    /// Adds an authenticated connection: joins its rooms and counts its presence.
+    pub fn register(&self, conn: Rc<Conn>) -> usize {
+        let (user, chats) = {
+            let s = conn.session.borrow();
+            (s.user().id.clone(), s.chats().to_vec())
+        };
+        let slot = self.conns.borrow_mut().insert(conn);
+        {
+            let mut rooms = self.rooms.borrow_mut();
+            for chat in &chats {
+                rooms.join(chat, slot);
+            }
+        }
+        self.presence_change(user, chats, true);
+        slot
+    }
+
+    /// Removes a connection: leaves its rooms, ends its typing indicators and presence.
+    pub fn unregister(&self, slot: usize) {
+        let Some(conn) = self.conns.borrow_mut().try_remove(slot) else {
+            return;
+        };
+        let session = conn.session.borrow();
+        {
+            let mut rooms = self.rooms.borrow_mut();
+            for chat in session.chats() {
+                rooms.leave(chat, slot);
+            }
+        }
+        let user = session.user().clone();
+        for chat in session.chats() {
+            let was_typing = self.typing.borrow_mut().stop(&(slot, chat.clone()));
+            if was_typing && !self.draining() {
+                let frame = Outbound::ChatTyping {
+                    chat_id: chat,
+                    user_id: &user.id,
+                    user_name: &user.name,
+                    is_typing: false,
+                }
+                .to_frame();
+                self.publish(vec![chat.clone()], frame, None);
+            }
+        }
+        if !self.draining() {
+            self.presence_change(user.id.clone(), session.chats().to_vec(), false);
+        }
+    }
+
+    /// Moves a connection between rooms after its chat list was re-fetched.
+    pub fn rejoin(&self, slot: usize, joined: &[Arc<str>], left: &[Arc<str>]) {
+        let mut rooms = self.rooms.borrow_mut();
+        for chat in joined {
+            rooms.join(chat, slot);
+        }
+        for chat in left {
+            rooms.leave(chat, slot);
+            self.typing.borrow_mut().stop(&(slot, chat.clone()));
+        }
+    }
+
+    /// Starts or stops a connection's typing timer for `chat`.
+    pub fn set_typing(&self, slot: usize, chat: &Arc<str>, typing: bool, now: Instant) {
+        let mut t = self.typing.borrow_mut();
+        if typing {
+            t.start((slot, chat.clone()), now);
+        } else {
+            t.stop(&(slot, chat.clone()));
+        }
+    }
+
+    /// Publishes an event to `rooms`: local members now, other workers through the bus.
+    pub fn publish(&self, rooms: Vec<Arc<str>>, frame: Bytes, exclude: Option<ConnRef>) {
+        let event = Arc::new(RoomEvent {
+            rooms,
+            frame,
+            exclude,
+        });
+        self.deliver(&event);
+        if self.shared.workers() > 1 {
+            self.shared.bus.publish(self.id, event);
+        }
+    }
+
+    fn deliver(&self, event: &RoomEvent) {
+        let exclude = event.exclude.filter(|(w, _)| *w == self.id).map(|(_, s)| s);
+        let conns = self.conns.borrow();
+        let rooms = self.rooms.borrow();
+        let mut scratch = self.scratch.borrow_mut();
+        rooms.for_each_member(&event.rooms, exclude, &mut scratch, |slot| {
+            if let Some(c) = conns.get(slot) {
+                c.outbox.push(&event.frame);
+            }
+        });
+    }
+
+    fn presence_change(&self, user: Arc<str>, chats: Vec<Arc<str>>, opened: bool) {
+        let owner = owner_of(&user, self.shared.workers());
+        if owner == self.id {
+            self.apply_presence(&user, chats, opened);
+        } else {
+            self.shared.mailboxes[owner].post(Envelope::Presence {
+                user,
+                chats,
+                opened,
+            });
+        }
+    }
+
+    fn apply_presence(&self, user: &Arc<str>, chats: Vec<Arc<str>>, opened: bool) {
+        let changed = {
+            let mut p = self.presence.borrow_mut();
+            if opened {
+                p.connect(user)
+            } else {
+                p.disconnect(user)
+            }
+        };
+        if changed && !self.draining() && !chats.is_empty() {
+            let frame = Outbound::UserOnline {
+                user_id: user,
+                online: opened,
+            }
+            .to_frame();
+            tracing::debug!(user_id = %user, online = opened, "Presence changed");
+            self.publish(chats, frame, None);
+        }
+    }
+
+    fn handle(&self, e: Envelope) {
+        match e {
+            Envelope::Room(ev) => self.deliver(&ev),
+            Envelope::Presence {
+                user,
+                chats,
+                opened,
+            } => self.apply_presence(&user, chats, opened),
+            Envelope::Shutdown => self.stop.fire(),
+        }
+    }
+
+    fn tick(&self, now: Instant, heartbeat_due: bool) {
+        let expired = self.typing.borrow_mut().handle_timeout(now);
+        for (slot, chat) in expired {
+            let frame = {
+                let conns = self.conns.borrow();
+                let Some(c) = conns.get(slot) else { continue };
+                let s = c.session.borrow();
+                let u = s.user();
+                Outbound::ChatTyping {
+                    chat_id: &chat,
+                    user_id: &u.id,
+                    user_name: &u.name,
+                    is_typing: false,
+                }
+                .to_frame()
+            };
+            self.publish(vec![chat], frame, None);
+        }
+        if heartbeat_due {
+            let ping = control_frame(fastwebsockets::OpCode::Ping, b"");
+            for (_, c) in self.conns.borrow().iter() {
+                match c.session.borrow().heartbeat(now) {
+                    Heartbeat::Ping => {
+                        c.outbox.push(&ping);
+                    }
+                    Heartbeat::Expire => {
+                        tracing::info!(user_id = %c.session.borrow().user().id, "Connection timed out");
+                        c.outbox.close(CloseCode::IdleTimeout);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn drain(&self) {
+        let deadline = Instant::now() + self.config().shutdown_timeout();
+        while self.inflight.get() > 0 && Instant::now() < deadline {
+            monoio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let notice = error_frame(ErrorCode::ServerShutdown, "Server is shutting down");
+        for (_, c) in self.conns.borrow().iter() {
+            c.outbox.push(&notice);
+            c.outbox.close(CloseCode::GoingAway);
+        }
+        while self.connections() > 0 && Instant::now() < deadline {
+            monoio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+async fn mailbox_loop(worker: Rc<Worker>) {
+    let mailbox = worker.shared.mailboxes[worker.id].clone();
+    let mut batch = Vec::new();
+    loop {
+        mailbox.recv_batch(&mut batch).await;
+        for e in batch.drain(..) {
+            worker.handle(e);
+        }
+    }
+}
+
+async fn ticker(worker: Rc<Worker>) {
+    let cfg = worker.config();
+    let tick = (cfg.typing_timeout() / 4)
+        .min(cfg.heartbeat_interval() / 4)
+        .clamp(MIN_TICK, MAX_TICK);
+    let mut next_heartbeat = Instant::now() + cfg.heartbeat_interval();
+    while !worker.draining() {
+        monoio::time::sleep(tick).await;
+        let now = Instant::now();
+        let due = now >= next_heartbeat;
+        if due {
+            next_heartbeat = now + cfg.heartbeat_interval();
+        }
+        worker.tick(now, due);
+    }
+}
+
+async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {
+    loop {
+        let accepted = monoio::select! {
+            r = listener.accept() => r,
+            _ = worker.stop.wait() => break,
+        };
+        match accepted {
+            Ok((stream, _peer)) => {
+                monoio::spawn(connection::serve(worker.clone(), stream));
+            }
+            Err(e) => {
+                // Typically EMFILE: back off instead of spinning on the error.
+                tracing::warn!(worker = worker.id, error = %e, "accept failed");
+                monoio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// Binds the first listener (resolving port 0) so every worker can bind the same address.
+pub fn bind_first(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_port(true)?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
+/// Starts every worker thread. Worker 0 takes `first`; the others bind `first`'s address.
+pub fn start(
+    shared: Arc<Shared>,
+    first: std::net::TcpListener,
+) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
+    let addr = first.local_addr()?;
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let mut first = Some(first);
+    let mut handles = Vec::new();
+    for id in 0..shared.workers() {
+        let shared = shared.clone();
+        let listener = first.take();
+        let core = if cores.is_empty() {
+            None
+        } else {
+            Some(cores[id % cores.len()])
+        };
+        let handle = std::thread::Builder::new()
+            .name(format!("worker-{id}"))
+            .spawn(move || {
+                if let Some(core) = core {
+                    core_affinity::set_for_current(core);
+                }
+                if let Err(e) = run(id, shared.clone(), listener, addr) {
+                    tracing::error!(worker = id, error = %e, "worker failed");
+                    shared.shutdown();
+                }
+            })?;
+        handles.push(handle);
+    }
+    Ok(handles)
+}
+
+fn run(
+    id: usize,
+    shared: Arc<Shared>,
+    listener: Option<std::net::TcpListener>,
+    addr: SocketAddr,
+) -> std::io::Result<()> {
+    let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .build()?;
+    rt.block_on(async move {
+        let listener = match listener {
+            Some(l) => TcpListener::from_std(l)?,
+            None => TcpListener::bind_with_config(
+                addr,
+                &ListenerOpts::new().reuse_port(true).backlog(4096),
+            )?,
+        };
+        let io_uring = !monoio::utils::is_legacy();
+        tracing::info!(
+            worker = id,
+            io_uring,
+            driver = if io_uring { "io_uring" } else { "epoll" },
+            "Worker listening"
+        );
+        let worker = Rc::new(Worker::new(id, shared.clone()));
+        shared.listening.fetch_add(1, Ordering::SeqCst);
+        monoio::spawn(mailbox_loop(worker.clone()));
+        monoio::spawn(ticker(worker.clone()));
+        accept_loop(worker.clone(), listener).await;
+        worker.drain().await;
+        tracing::debug!(worker = id, "Worker drained");
+        Ok(())
+    })
+}

@@ -1,0 +1,288 @@
+//! Client → server messages: `chat:message`, `chat:read`, `chat:typing`, `ping`.
+//!
+//! [`parse`] turns one complete client message into a validated [`Command`] in one pass of
+//! simd-json over the frame's own buffer (which it mutates in place; strings are borrowed until
+//! the command is built). Errors say which rule was broken and map to the seed's codes:
+//! malformed JSON or an unknown `type` is `INVALID_MESSAGE`; a missing or wrongly typed field
+//! is `VALIDATION_ERROR`. Unknown payload fields are ignored, as the seed ignores them.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use simd_json::ErrorType;
+
+use super::ErrorCode;
+
+/// Longest accepted `clientMessageId`, in bytes.
+pub const MAX_CLIENT_MESSAGE_ID_LEN: usize = 128;
+/// Longest `type` echoed back in an "unknown type" error, in bytes.
+const MAX_ECHOED_TYPE_LEN: usize = 64;
+
+/// A validated client request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// `chat:message`: persist and broadcast a message.
+    SendMessage {
+        /// Target chat.
+        chat_id: String,
+        /// Message text (non-empty).
+        content: String,
+        /// Optional client-side id, echoed in the broadcast.
+        client_message_id: Option<String>,
+    },
+    /// `chat:read`: record and broadcast a read receipt.
+    MarkRead {
+        /// Chat of the message.
+        chat_id: String,
+        /// The message read.
+        message_id: String,
+    },
+    /// `chat:typing`: start or stop the typing indicator.
+    Typing {
+        /// Chat typed in.
+        chat_id: String,
+        /// Whether the user is typing.
+        is_typing: bool,
+    },
+    /// `ping`: answered with `pong`.
+    Ping,
+}
+
+impl Command {
+    /// The chat a command targets (none for `ping`).
+    pub fn chat_id(&self) -> Option<&str> {
+        match self {
+            Command::SendMessage { chat_id, .. }
+            | Command::MarkRead { chat_id, .. }
+            | Command::Typing { chat_id, .. } => Some(chat_id),
+            Command::Ping => None,
+        }
+    }
+
+    /// The wire `type` of the command.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::SendMessage { .. } => "chat:message",
+            Command::MarkRead { .. } => "chat:read",
+            Command::Typing { .. } => "chat:typing",
+            Command::Ping => "ping",
+        }
+    }
+}
+
+/// Why a client message was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InboundError {
+    /// The bytes are not a JSON object.
+    #[error("Invalid JSON format")]
+    InvalidJson,
+    /// The envelope has no `type`.
+    #[error("Missing message type")]
+    MissingType,
+    /// The `type` is not one the server knows.
+    #[error("Unknown message type: {0}")]
+    UnknownType(String),
+    /// A required payload field is missing, empty or of the wrong type.
+    #[error("{0}")]
+    InvalidPayload(&'static str),
+}
+
+impl InboundError {
+    /// The wire code for this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            InboundError::InvalidJson
+            | InboundError::MissingType
+            | InboundError::UnknownType(_) => ErrorCode::InvalidMessage,
+            InboundError::InvalidPayload(_) => ErrorCode::ValidationError,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    payload: Option<Fields<'a>>,
+}
+
+#[derive(Deserialize, Default)]
+struct Fields<'a> {
+    #[serde(rename = "chatId", borrow, default)]
+    chat_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    content: Option<Cow<'a, str>>,
+    #[serde(rename = "clientMessageId", borrow, default)]
+    client_message_id: Option<Cow<'a, str>>,
+    #[serde(rename = "messageId", borrow, default)]
+    message_id: Option<Cow<'a, str>>,
+    #[serde(rename = "isTyping", default)]
+    is_typing: Option<bool>,
+}
+
+/// A structural JSON error (the bytes are not JSON) as opposed to JSON of the wrong shape.
+/// Literal errors (`ExpectedNull`, `ExpectedTrue`, …) are syntax: `not json` fails as a bad
+/// `null`.
+fn is_syntax_error(e: &ErrorType) -> bool {
+    !matches!(
+        e,
+        ErrorType::Serde(_)
+            | ErrorType::ExpectedString
+            | ErrorType::ExpectedBoolean
+            | ErrorType::Unexpected(..)
+            | ErrorType::ExpectedSigned
+            | ErrorType::ExpectedUnsigned
+            | ErrorType::ExpectedInteger
+            | ErrorType::ExpectedFloat
+            | ErrorType::ExpectedNumber
+            | ErrorType::ExpectedArray
+            | ErrorType::ExpectedEnum
+    )
+}
+
+fn non_empty(v: Option<Cow<'_, str>>, rule: &'static str) -> Result<String, InboundError> {
+    match v {
+        Some(s) if !s.is_empty() => Ok(s.into_owned()),
+        _ => Err(InboundError::InvalidPayload(rule)),
+    }
+}
+
+/// Parses and validates one client message. `bytes` is used as simd-json's scratch space.
+pub fn parse(bytes: &mut [u8]) -> Result<Command, InboundError> {
+    let env: Envelope<'_> = simd_json::serde::from_slice(bytes).map_err(|e| {
+        if is_syntax_error(e.error()) {
+            InboundError::InvalidJson
+        } else {
+            InboundError::InvalidPayload("payload fields have the wrong type")
+        }
+    })?;
+    let kind = env.kind.ok_or(InboundError::MissingType)?;
+    let p = env.payload.unwrap_or_default();
+    match &*kind {
+        "chat:message" => {
+            const RULE: &str = "chatId and content are required";
+            let chat_id = non_empty(p.chat_id, RULE)?;
+            let content = non_empty(p.content, RULE)?;
+            let client_message_id = match p.client_message_id {
+                Some(id) if id.len() > MAX_CLIENT_MESSAGE_ID_LEN => {
+                    return Err(InboundError::InvalidPayload("clientMessageId is too long"))
+                }
+                Some(id) if id.is_empty() => None,
+                other => other.map(Cow::into_owned),
+            };
+            Ok(Command::SendMessage {
+                chat_id,
+                content,
+                client_message_id,
+            })
+        }
+        "chat:read" => {
+            const RULE: &str = "chatId and messageId are required";
+            let chat_id = non_empty(p.chat_id, RULE)?;
+            let message_id = non_empty(p.message_id, RULE)?;
+            Ok(Command::MarkRead {
+                chat_id,
+                message_id,
+            })
+        }
+        "chat:typing" => {
+            const RULE: &str = "chatId and isTyping are required";
+            let chat_id = non_empty(p.chat_id, RULE)?;
+            let is_typing = p.is_typing.ok_or(InboundError::InvalidPayload(RULE))?;
+            Ok(Command::Typing { chat_id, is_typing })
+        }
+        "ping" => Ok(Command::Ping),
+        other => {
+            let mut end = other.len().min(MAX_ECHOED_TYPE_LEN);
+            while !other.is_char_boundary(end) {
+                end -= 1;
+            }
+            Err(InboundError::UnknownType(other[..end].to_string()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Result<Command, InboundError> {
+        parse(&mut s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn parses_every_type() {
+        assert_eq!(
+            p(
+                r#"{"type":"chat:message","payload":{"chatId":"c1","content":"hi \"x\"","clientMessageId":"k"}}"#
+            ),
+            Ok(Command::SendMessage {
+                chat_id: "c1".into(),
+                content: "hi \"x\"".into(),
+                client_message_id: Some("k".into())
+            })
+        );
+        assert_eq!(
+            p(r#"{"type":"chat:read","payload":{"chatId":"c1","messageId":"m1","extra":[1,2]}}"#),
+            Ok(Command::MarkRead {
+                chat_id: "c1".into(),
+                message_id: "m1".into()
+            })
+        );
+        assert_eq!(
+            p(r#"{"type":"chat:typing","payload":{"chatId":"c1","isTyping":false}}"#),
+            Ok(Command::Typing {
+                chat_id: "c1".into(),
+                is_typing: false
+            })
+        );
+        assert_eq!(p(r#"{"type":"ping","payload":{}}"#), Ok(Command::Ping));
+        assert_eq!(p(r#"{"type":"ping"}"#), Ok(Command::Ping));
+    }
+
+    #[test]
+    fn classifies_errors_like_the_seed() {
+        assert_eq!(p("not json").unwrap_err().code(), ErrorCode::InvalidMessage);
+        assert_eq!(p("{\"type\":").unwrap_err(), InboundError::InvalidJson);
+        assert_eq!(p("{}").unwrap_err(), InboundError::MissingType);
+        assert_eq!(
+            p(r#"{"type":"nope","payload":{}}"#).unwrap_err(),
+            InboundError::UnknownType("nope".into())
+        );
+        let e = p(r#"{"type":"chat:message","payload":{"chatId":"c1"}}"#).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::ValidationError);
+        let e = p(r#"{"type":"chat:message","payload":{"chatId":"c1","content":""}}"#).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::ValidationError);
+        let e =
+            p(r#"{"type":"chat:typing","payload":{"chatId":"c1","isTyping":"yes"}}"#).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::ValidationError);
+        let e = p(r#"{"type":"chat:read","payload":{"chatId":5,"messageId":"m"}}"#).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::ValidationError);
+    }
+
+    #[test]
+    fn long_unknown_type_is_truncated_on_a_char_boundary() {
+        let long = "é".repeat(100);
+        match p(&format!(r#"{{"type":"{long}"}}"#)).unwrap_err() {
+            InboundError::UnknownType(t) => assert!(t.len() <= MAX_ECHOED_TYPE_LEN),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for len in 0..300 {
+            let mut buf: Vec<u8> = (0..len)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    b"{}[]\":,ab01 \\tnul"[(seed % 17) as usize]
+                })
+                .collect();
+            let _ = parse(&mut buf);
+        }
+    }
+}

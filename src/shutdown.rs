@@ -1,0 +1,31 @@
+//! Signals: SIGTERM or SIGINT starts the drain on every worker; a second signal exits at once.
+//!
+//! The handler runs on its own thread (signal-hook's iterator), so nothing async-signal-unsafe
+//! happens in signal context.
+
+use std::sync::Arc;
+
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::net::worker::Shared;
+
+/// Starts the signal thread.
+pub fn install(shared: Arc<Shared>) -> std::io::Result<()> {
+    let mut signals = Signals::new([SIGTERM, SIGINT])?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut received = 0;
+            for sig in signals.forever() {
+                received += 1;
+                if received > 1 {
+                    tracing::warn!(signal = sig, "Second signal: exiting now");
+                    std::process::exit(130);
+                }
+                tracing::info!(signal = sig, "Shutdown signal received, draining");
+                shared.shutdown();
+            }
+        })?;
+    Ok(())
+}
