@@ -34,7 +34,7 @@ use super::worker::{Conn, Worker};
 use crate::backend::{BackendError, NewMessage};
 use crate::core::session::{Decision, Session, User};
 use crate::protocol::frame::{control_frame, MessageAssembler};
-use crate::protocol::outbound::{ErrorDetails, Outbound};
+use crate::protocol::outbound::{error_frame, ErrorDetails, Outbound};
 use crate::protocol::{inbound, timestamp, CloseCode, Command, ErrorCode};
 
 /// How long to keep reading after our close frame, so the peer sees it before the socket goes.
@@ -58,6 +58,7 @@ enum End {
 
 /// Serves one accepted socket until it closes.
 pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
+    let _live = worker.task_guard();
     let _ = stream.set_nodelay(true);
     let mut stream = match stream.try_into_poll_io() {
         Ok(s) => s,
@@ -171,6 +172,16 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
         }
     };
 
+    if worker.draining() {
+        // Authenticated after the drain's notices went out: tell this one directly.
+        outbox.push(&error_frame(
+            ErrorCode::ServerShutdown,
+            "Server is shutting down",
+        ));
+        outbox.close(CloseCode::GoingAway);
+        linger(&mut ws, &outbox).await;
+        return;
+    }
     let now = Instant::now();
     let chats: Vec<Arc<str>> = chats.into_iter().map(Arc::from).collect();
     let name = if profile.name.is_empty() {
@@ -215,16 +226,17 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
     );
 
     let end = read_loop(&worker, &conn, slot, &token, &mut ws).await;
-    worker.unregister(slot);
     match end {
         End::Violation(code) => outbox.close(code),
         End::Draining => {
-            // The worker sends SERVER_SHUTDOWN + 1001 once in-flight calls are done.
+            // Still registered, so the worker's drain sends SERVER_SHUTDOWN + 1001 here once
+            // the backend calls in flight are done.
             let _ = monoio::time::timeout(cfg.shutdown_timeout(), outbox.closed()).await;
         }
         End::Gone => outbox.close(CloseCode::Normal),
         End::ClientClosed | End::Closed => {}
     }
+    worker.unregister(slot);
     tracing::info!(user_id = %user.id, worker = worker.id, "User disconnected");
     if !matches!(end, End::Gone | End::ClientClosed) {
         linger(&mut ws, &outbox).await;
@@ -277,8 +289,9 @@ async fn read_loop(worker: &Worker, conn: &Conn, slot: usize, token: &str, ws: &
         // when the connection is ending anyway.
         let frame = monoio::select! {
             f = ws.read_frame(&mut send) => f,
-            _ = conn.outbox.closed() => return End::Closed,
-            _ = worker.stop.wait() => return End::Draining,
+            _ = conn.outbox.interrupted() => {
+                return if conn.outbox.is_closing() { End::Closed } else { End::Draining };
+            }
         };
         let frame = match frame {
             Ok(f) => f,

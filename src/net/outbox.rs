@@ -7,7 +7,8 @@
 //!
 //! States: open → closing (a close frame is queued; nothing more is accepted; the writer sends
 //! what is queued, then shuts the socket's write side) → done. Closing also wakes the reader
-//! task, which stops reading.
+//! task, which stops reading; so does [`Outbox::interrupt`] (the drain), without closing.
+//! Each side has a single waker slot: exactly one writer task and one reader task wait here.
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
@@ -26,8 +27,9 @@ pub struct Outbox {
     buf: RefCell<Vec<u8>>,
     closing: Cell<bool>,
     writer_done: Cell<bool>,
+    interrupted: Cell<bool>,
     writer: Cell<Option<Waker>>,
-    watchers: RefCell<Vec<Waker>>,
+    reader: Cell<Option<Waker>>,
 }
 
 impl Outbox {
@@ -58,9 +60,13 @@ impl Outbox {
         }
         self.buf.borrow_mut().extend_from_slice(frame);
         self.wake_writer();
-        for w in self.watchers.borrow_mut().drain(..) {
-            w.wake();
-        }
+        self.wake_reader();
+    }
+
+    /// Asks the reader to stop reading (the drain) without closing.
+    pub fn interrupt(&self) {
+        self.interrupted.set(true);
+        self.wake_reader();
     }
 
     /// Whether a close was queued.
@@ -73,24 +79,43 @@ impl Outbox {
         self.buf.borrow().len()
     }
 
-    /// Completes once the outbox is closing.
+    /// Completes once the outbox is closing or interrupted. For the reader task only.
+    pub async fn interrupted(&self) {
+        self.reader_wait(|| self.closing.get() || self.interrupted.get())
+            .await
+    }
+
+    /// Completes once the outbox is closing. For the reader task only.
     pub async fn closed(&self) {
+        self.reader_wait(|| self.closing.get()).await
+    }
+
+    async fn reader_wait(&self, done: impl Fn() -> bool) {
         poll_fn(|cx| {
-            if self.closing.get() {
+            if done() {
                 return Poll::Ready(());
             }
-            let mut w = self.watchers.borrow_mut();
-            if !w.iter().any(|x| x.will_wake(cx.waker())) {
-                w.push(cx.waker().clone());
-            }
+            self.reader.set(Some(cx.waker().clone()));
             Poll::Pending
         })
         .await
     }
 
+    fn wake_reader(&self) {
+        if let Some(w) = self.reader.take() {
+            w.wake();
+        }
+    }
+
     /// Whether the writer has finished (socket write side shut or failed).
     pub fn writer_done(&self) -> bool {
         self.writer_done.get()
+    }
+
+    /// Empties the queue as a writer would (benchmarks drive outboxes without sockets).
+    #[doc(hidden)]
+    pub fn take_for_bench(&self) -> Vec<u8> {
+        std::mem::take(&mut *self.buf.borrow_mut())
     }
 
     fn wake_writer(&self) {
@@ -117,9 +142,7 @@ impl Outbox {
                 if socket.write_all(&spare).await.is_err() {
                     // The peer is gone: stop accepting frames and let the reader finish.
                     self.closing.set(true);
-                    for w in self.watchers.borrow_mut().drain(..) {
-                        w.wake();
-                    }
+                    self.wake_reader();
                     break;
                 }
                 spare.clear();

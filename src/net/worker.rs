@@ -101,7 +101,10 @@ impl Signal {
             if self.set.get() {
                 return Poll::Ready(());
             }
-            self.waiters.borrow_mut().push(cx.waker().clone());
+            let mut waiters = self.waiters.borrow_mut();
+            if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                waiters.push(cx.waker().clone());
+            }
             Poll::Pending
         })
         .await
@@ -130,6 +133,16 @@ pub struct Worker {
     /// Fired when the drain starts: stop accepting and reading.
     pub stop: Signal,
     inflight: Cell<usize>,
+    tasks: Cell<usize>,
+}
+
+/// Counts a live connection task for the drain; decrements when dropped.
+pub struct TaskGuard(Rc<Worker>);
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        self.0.tasks.set(self.0.tasks.get() - 1);
+    }
 }
 
 impl Worker {
@@ -145,6 +158,7 @@ impl Worker {
             scratch: RefCell::default(),
             stop: Signal::default(),
             inflight: Cell::new(0),
+            tasks: Cell::new(0),
         }
     }
 
@@ -161,6 +175,12 @@ impl Worker {
     /// Number of connections on this worker.
     pub fn connections(&self) -> usize {
         self.conns.borrow().len()
+    }
+
+    /// Marks a connection task as live until the guard drops (the drain waits for it).
+    pub fn task_guard(self: &Rc<Self>) -> TaskGuard {
+        self.tasks.set(self.tasks.get() + 1);
+        TaskGuard(self.clone())
     }
 
     /// Runs a backend call, counted as in flight so the drain can wait for it.
@@ -347,6 +367,9 @@ impl Worker {
 
     async fn drain(&self) {
         let deadline = Instant::now() + self.config().shutdown_timeout();
+        for (_, c) in self.conns.borrow().iter() {
+            c.outbox.interrupt();
+        }
         while self.inflight.get() > 0 && Instant::now() < deadline {
             monoio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -355,7 +378,9 @@ impl Worker {
             c.outbox.push(&notice);
             c.outbox.close(CloseCode::GoingAway);
         }
-        while self.connections() > 0 && Instant::now() < deadline {
+        // Connection tasks end after their close handshake (or its linger); their writers
+        // must finish before the runtime is dropped, or queued frames are lost.
+        while self.tasks.get() > 0 && Instant::now() < deadline {
             monoio::time::sleep(Duration::from_millis(5)).await;
         }
     }

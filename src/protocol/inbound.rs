@@ -79,6 +79,9 @@ pub enum InboundError {
     /// The envelope has no `type`.
     #[error("Missing message type")]
     MissingType,
+    /// The `type` is not a string.
+    #[error("Message type must be a string")]
+    TypeNotAString,
     /// The `type` is not one the server knows.
     #[error("Unknown message type: {0}")]
     UnknownType(String),
@@ -93,6 +96,7 @@ impl InboundError {
         match self {
             InboundError::InvalidJson
             | InboundError::MissingType
+            | InboundError::TypeNotAString
             | InboundError::UnknownType(_) => ErrorCode::InvalidMessage,
             InboundError::InvalidPayload(_) => ErrorCode::ValidationError,
         }
@@ -102,7 +106,7 @@ impl InboundError {
 #[derive(Deserialize)]
 struct Envelope<'a> {
     #[serde(rename = "type", borrow, default)]
-    kind: Option<Cow<'a, str>>,
+    kind: Option<Kind<'a>>,
     #[serde(borrow, default)]
     payload: Option<Fields<'a>>,
 }
@@ -119,6 +123,59 @@ struct Fields<'a> {
     message_id: Option<Cow<'a, str>>,
     #[serde(rename = "isTyping", default)]
     is_typing: Option<bool>,
+}
+
+/// The envelope's `type`: a string, or anything else (rejected as `INVALID_MESSAGE`, not as a
+/// payload error, because without a type there is no payload rule to break).
+enum Kind<'a> {
+    Name(Cow<'a, str>),
+    NotAString,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Kind<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Kind<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a message type")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Kind::Name(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Kind::Name(Cow::Owned(v.to_string())))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Kind::NotAString)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(Kind::NotAString)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(Kind::NotAString)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(Kind::NotAString)
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Kind::NotAString)
+            }
+            fn visit_none<E>(self) -> Result<Self::Value, E> {
+                Ok(Kind::NotAString)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                while a.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Kind::NotAString)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Kind::NotAString)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// A structural JSON error (the bytes are not JSON) as opposed to JSON of the wrong shape.
@@ -150,6 +207,10 @@ fn non_empty(v: Option<Cow<'_, str>>, rule: &'static str) -> Result<String, Inbo
 
 /// Parses and validates one client message. `bytes` is used as simd-json's scratch space.
 pub fn parse(bytes: &mut [u8]) -> Result<Command, InboundError> {
+    // Only an object can be an envelope; anything else is not a message at all.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(InboundError::InvalidJson);
+    }
     let env: Envelope<'_> = simd_json::serde::from_slice(bytes).map_err(|e| {
         if is_syntax_error(e.error()) {
             InboundError::InvalidJson
@@ -157,7 +218,11 @@ pub fn parse(bytes: &mut [u8]) -> Result<Command, InboundError> {
             InboundError::InvalidPayload("payload fields have the wrong type")
         }
     })?;
-    let kind = env.kind.ok_or(InboundError::MissingType)?;
+    let kind = match env.kind {
+        Some(Kind::Name(k)) => k,
+        Some(Kind::NotAString) => return Err(InboundError::TypeNotAString),
+        None => return Err(InboundError::MissingType),
+    };
     let p = env.payload.unwrap_or_default();
     match &*kind {
         "chat:message" => {
@@ -246,6 +311,16 @@ mod tests {
         assert_eq!(p("not json").unwrap_err().code(), ErrorCode::InvalidMessage);
         assert_eq!(p("{\"type\":").unwrap_err(), InboundError::InvalidJson);
         assert_eq!(p("{}").unwrap_err(), InboundError::MissingType);
+        assert_eq!(p("[1,2,3]").unwrap_err(), InboundError::InvalidJson);
+        assert_eq!(p(" 42").unwrap_err(), InboundError::InvalidJson);
+        assert_eq!(
+            p(r#"{"type":42,"payload":{}}"#).unwrap_err(),
+            InboundError::TypeNotAString
+        );
+        assert_eq!(
+            p(r#"{"type":{"a":[1]}}"#).unwrap_err(),
+            InboundError::TypeNotAString
+        );
         assert_eq!(
             p(r#"{"type":"nope","payload":{}}"#).unwrap_err(),
             InboundError::UnknownType("nope".into())
