@@ -803,3 +803,73 @@ fn several_allowed_origins_are_comma_separated() {
         Ok(_) => panic!("an origin not in CORS_ORIGIN must not be upgraded"),
     }
 }
+
+// --- framing: pings, fragments, frames split across reads, unmasked frames -----------------
+
+/// A masked client frame with any opcode and FIN bit.
+fn masked_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126, "short frames only");
+    let mask = [0x11u8, 0x22, 0x33, 0x44];
+    let mut f = vec![(u8::from(fin) << 7) | opcode, 0x80 | payload.len() as u8];
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+fn next_non_presence(raw: &mut RawConn, deadline: Instant) -> RawFrame {
+    loop {
+        let f = raw
+            .next_frame(deadline)
+            .expect("timed out waiting for a frame");
+        match f.text() {
+            Some(v) if v["type"] == "user:online" => continue,
+            _ => return f,
+        }
+    }
+}
+
+#[test]
+fn pings_fragments_and_frames_split_across_reads_are_handled() {
+    let w = world();
+    let server = Server::start(&w.store.path);
+    let (mut stream, buf) = raw_handshake(server.port, &format!("/?token={}", urlencode(&w.alice)));
+    let mut raw = RawConn {
+        stream: stream.try_clone().unwrap(),
+        buf,
+    };
+    let deadline = Instant::now() + READ_TIMEOUT;
+    let first = next_non_presence(&mut raw, deadline);
+    assert_eq!(first.text().unwrap()["type"], "connected");
+
+    // One write: a ping, then a chat:message in three fragments.
+    let msg = br#"{"type":"chat:message","payload":{"chatId":"general","content":"fragmented"}}"#;
+    let mut bytes = masked_frame(true, 0x9, b"hb");
+    bytes.extend(masked_frame(false, 0x1, &msg[..20]));
+    bytes.extend(masked_frame(false, 0x0, &msg[20..50]));
+    bytes.extend(masked_frame(true, 0x0, &msg[50..]));
+    std::io::Write::write_all(&mut stream, &bytes).unwrap();
+
+    let pong = next_non_presence(&mut raw, deadline);
+    assert_eq!((pong.opcode, pong.payload.as_slice()), (0xA, &b"hb"[..]));
+    let m = next_non_presence(&mut raw, deadline)
+        .text()
+        .expect("text frame");
+    assert_eq!(m["payload"]["message"]["content"], "fragmented");
+
+    // One frame written in two halves with a pause: the server must wait for the rest.
+    let frame = masked_text_frame(
+        r#"{"type":"chat:message","payload":{"chatId":"general","content":"split"}}"#,
+    );
+    std::io::Write::write_all(&mut stream, &frame[..7]).unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    std::io::Write::write_all(&mut stream, &frame[7..]).unwrap();
+    let m = next_non_presence(&mut raw, deadline)
+        .text()
+        .expect("text frame");
+    assert_eq!(m["payload"]["message"]["content"], "split");
+
+    // RFC 6455: a client frame without a mask is a protocol error.
+    std::io::Write::write_all(&mut stream, &[0x81, 0x02, b'{', b'}']).unwrap();
+    let close = next_non_presence(&mut raw, deadline);
+    assert_eq!(close.close_code(), Some(1002));
+}

@@ -17,30 +17,29 @@
 //! backend call before the next frame is read). Writes never happen here: everything goes
 //! into the connection's [`Outbox`], flushed by its writer task.
 
+use std::cell::Cell;
 use std::convert::Infallible;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use fastwebsockets::{Frame, OpCode, Role, WebSocketError, WebSocketRead};
+use fastwebsockets::{Frame, OpCode, Role, WebSocketError};
 use monoio::net::TcpStream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::handshake::{self, Request, MAX_HEAD};
 use super::outbox::Outbox;
-use super::split::{self, ReadHalf};
-use super::worker::{Conn, Worker};
+use super::split::{self, Feed, Input};
+use super::worker::{Conn, TaskGuard, Worker};
 use crate::backend::{BackendError, NewMessage};
 use crate::core::session::{Decision, Session, User};
-use crate::protocol::frame::{control_frame, MessageAssembler};
+use crate::protocol::frame::{client_frame_len, control_frame, MessageAssembler};
 use crate::protocol::outbound::{error_frame, ErrorDetails, Outbound};
 use crate::protocol::{inbound, timestamp, CloseCode, Command, ErrorCode};
 
 /// How long to keep reading after our close frame, so the peer sees it before the socket goes.
 const LINGER: Duration = Duration::from_secs(2);
-
-type Reader = WebSocketRead<ReadHalf>;
 
 /// Why the read loop ended.
 enum End {
@@ -56,9 +55,10 @@ enum End {
     Draining,
 }
 
-/// Serves one accepted socket until it closes.
+/// Serves one accepted socket: handshake and authentication here, then the steady state in a
+/// task of its own (so the large handshake state is freed once the connection is idle).
 pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
-    let _live = worker.task_guard();
+    let live = worker.task_guard();
     let _ = stream.set_nodelay(true);
     let mut stream = match stream.try_into_poll_io() {
         Ok(s) => s,
@@ -130,17 +130,15 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
     {
         return;
     }
-    let leftover = buf.split_off(consumed);
-    let (read_half, write_half) = split::split(stream, leftover);
+    // Copy (not split off) what came behind the head, so the head buffer is freed now.
+    let prefix = BytesMut::from(&buf[consumed..]);
+    drop(buf);
+    let (mut input, write_half) = split::split(stream, prefix);
     let outbox = Rc::new(Outbox::new());
     monoio::spawn({
         let outbox = outbox.clone();
         async move { outbox.run_writer(write_half).await }
     });
-    let (mut ws, _) =
-        fastwebsockets::after_handshake_split(read_half, tokio::io::sink(), Role::Server);
-    // Per-frame check by fastwebsockets (`>=`); the whole-message cap is the assembler's.
-    ws.set_max_message_size(worker.config().max_message_size.saturating_add(1));
 
     let Some(token) = upgrade.token else {
         reject(
@@ -148,7 +146,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
             BackendError::TokenRejected("Missing token".into()),
             &req,
         );
-        linger(&mut ws, &outbox).await;
+        linger(&mut input, &outbox).await;
         return;
     };
     let backend = worker.shared.backend.clone();
@@ -162,16 +160,15 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
         Ok(Ok(found)) => found,
         Ok(Err(e)) => {
             reject(&outbox, e, &req);
-            linger(&mut ws, &outbox).await;
+            linger(&mut input, &outbox).await;
             return;
         }
         Err(_) => {
             reject(&outbox, BackendError::UpstreamTimeout, &req);
-            linger(&mut ws, &outbox).await;
+            linger(&mut input, &outbox).await;
             return;
         }
     };
-
     if worker.draining() {
         // Authenticated after the drain's notices went out: tell this one directly.
         outbox.push(&error_frame(
@@ -179,7 +176,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
             "Server is shutting down",
         ));
         outbox.close(CloseCode::GoingAway);
-        linger(&mut ws, &outbox).await;
+        linger(&mut input, &outbox).await;
         return;
     }
     let now = Instant::now();
@@ -211,7 +208,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
         cfg.connection_timeout(),
     );
     let conn = Rc::new(Conn {
-        outbox: outbox.clone(),
+        outbox,
         session: session.into(),
     });
     let slot = worker.register(conn.clone());
@@ -224,25 +221,39 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
         auth_ms = started.elapsed().as_secs_f64() * 1e3,
         "User connected"
     );
+    monoio::spawn(steady(worker, conn, slot, token, input, live));
+}
 
-    let end = read_loop(&worker, &conn, slot, &token, &mut ws).await;
+/// The steady state of an authenticated connection: the read loop, then the close.
+async fn steady(
+    worker: Rc<Worker>,
+    conn: Rc<Conn>,
+    slot: usize,
+    token: String,
+    mut input: Input,
+    _live: TaskGuard,
+) {
+    let end = read_loop(&worker, &conn, slot, &token, &mut input).await;
     match end {
-        End::Violation(code) => outbox.close(code),
+        End::Violation(code) => conn.outbox.close(code),
         End::Draining => {
             // Still registered, so the worker's drain sends SERVER_SHUTDOWN + 1001 here once
             // the backend calls in flight are done.
-            let _ = monoio::time::timeout(cfg.shutdown_timeout(), outbox.closed()).await;
+            let wait =
+                monoio::time::timeout(worker.config().shutdown_timeout(), conn.outbox.closed());
+            let _ = Box::pin(wait).await;
         }
-        End::Gone => outbox.close(CloseCode::Normal),
+        End::Gone => conn.outbox.close(CloseCode::Normal),
         End::ClientClosed | End::Closed => {}
     }
     worker.unregister(slot);
-    tracing::info!(user_id = %user.id, worker = worker.id, "User disconnected");
+    tracing::info!(user_id = %conn.session.borrow().user().id, worker = worker.id, "User disconnected");
     if !matches!(end, End::Gone | End::ClientClosed) {
-        linger(&mut ws, &outbox).await;
+        // Boxed, like every rarely used state, to keep the idle task small.
+        Box::pin(linger(&mut input, &conn.outbox)).await;
     }
     // Idempotent; guarantees the writer task ends and releases the socket.
-    outbox.close(CloseCode::GoingAway);
+    conn.outbox.close(CloseCode::GoingAway);
 }
 
 /// Answers a failed authentication: the error, then the close code for it.
@@ -277,42 +288,114 @@ fn obligated(outbox: &Outbox, frame: Frame<'_>) -> std::future::Ready<Result<(),
     std::future::ready(Ok(()))
 }
 
-async fn read_loop(worker: &Worker, conn: &Conn, slot: usize, token: &str, ws: &mut Reader) -> End {
+/// Why the reader stopped waiting: the outbox closed, or the drain began.
+fn interrupted(conn: &Conn) -> End {
+    if conn.outbox.is_closing() {
+        End::Closed
+    } else {
+        End::Draining
+    }
+}
+
+/// The connection's loop. Idle, it holds no parser and no buffer: it waits for bytes (read
+/// through the worker's scratch buffer). Active, it parses what arrived in a [`burst`].
+async fn read_loop(
+    worker: &Worker,
+    conn: &Conn,
+    slot: usize,
+    token: &str,
+    input: &mut Input,
+) -> End {
     let cfg = worker.config();
     let mut assembler = MessageAssembler::new(cfg.max_message_size, cfg.max_fragments);
-    let mut send = |f: Frame<'_>| obligated(&conn.outbox, f);
     loop {
         if worker.draining() {
             return End::Draining;
         }
-        // Cancelling `read_frame` can lose a partly read frame header; it is only cancelled
-        // when the connection is ending anyway.
+        if !input.has_staged() {
+            let filled = monoio::select! {
+                r = input.fill(&worker.read_scratch) => r,
+                _ = conn.outbox.interrupted() => return interrupted(conn),
+            };
+            match filled {
+                Ok(true) => {}
+                Ok(false) | Err(_) => return End::Gone,
+            }
+        }
+        // Boxed: the parser and handler state exist only while there is input to handle.
+        if let Some(end) = Box::pin(burst(worker, conn, slot, token, input, &mut assembler)).await {
+            return end;
+        }
+    }
+}
+
+/// Parses and handles frames until the parser has consumed every byte it was given (then it
+/// is dropped, with its read buffer) or the connection ends.
+async fn burst(
+    worker: &Worker,
+    conn: &Conn,
+    slot: usize,
+    token: &str,
+    input: &mut Input,
+    assembler: &mut MessageAssembler,
+) -> Option<End> {
+    let fed = Cell::new(0u64);
+    let mut consumed = 0u64;
+    let (mut ws, _) = fastwebsockets::after_handshake_split(
+        Feed::new(input, &fed),
+        tokio::io::sink(),
+        Role::Server,
+    );
+    // Per-frame check by fastwebsockets (`>=`); the whole-message cap is the assembler's.
+    ws.set_max_message_size(worker.config().max_message_size.saturating_add(1));
+    // Pings come back to us (answered below) so every frame is counted in `consumed`.
+    ws.set_auto_pong(false);
+    let mut send = |f: Frame<'_>| obligated(&conn.outbox, f);
+    loop {
+        // Cancelling `read_frame` can lose a partly read frame; it is only cancelled when the
+        // connection is ending anyway.
         let frame = monoio::select! {
             f = ws.read_frame(&mut send) => f,
-            _ = conn.outbox.interrupted() => {
-                return if conn.outbox.is_closing() { End::Closed } else { End::Draining };
-            }
+            _ = conn.outbox.interrupted() => return Some(interrupted(conn)),
         };
         let frame = match frame {
             Ok(f) => f,
-            Err(e) => return frame_error(e),
+            Err(e) => return Some(frame_error(e)),
         };
+        consumed += client_frame_len(frame.payload.len());
+        if consumed > fed.get() {
+            // More counted than given: this frame had no mask, which RFC 6455 forbids from
+            // clients. (Best effort: an unmasked frame followed by more bytes is caught at the
+            // next frame, or not at all if the counts happen to agree.)
+            return Some(End::Violation(CloseCode::ProtocolError));
+        }
         let now = Instant::now();
         conn.session.borrow_mut().seen(now);
         match frame.opcode {
-            OpCode::Close => return End::ClientClosed,
-            OpCode::Ping | OpCode::Pong => continue,
-            OpCode::Text | OpCode::Binary | OpCode::Continuation => {}
+            OpCode::Close => return Some(End::ClientClosed),
+            OpCode::Ping => {
+                conn.outbox
+                    .push(&control_frame(OpCode::Pong, &frame.payload));
+            }
+            OpCode::Pong => {}
+            OpCode::Text | OpCode::Binary | OpCode::Continuation => match assembler.push(frame) {
+                Err(e) => return Some(End::Violation(e.close_code())),
+                Ok(None) => {}
+                Ok(Some(message)) => {
+                    let mut payload = message.payload;
+                    match inbound::parse(&mut payload) {
+                        Ok(cmd) => handle(worker, conn, slot, token, cmd, now).await,
+                        Err(e) => send_error(&conn.outbox, e.code(), &e.to_string(), None),
+                    }
+                }
+            },
         }
-        let message = match assembler.push(frame) {
-            Ok(Some(m)) => m,
-            Ok(None) => continue,
-            Err(e) => return End::Violation(e.close_code()),
-        };
-        let mut payload = message.payload;
-        match inbound::parse(&mut payload) {
-            Ok(cmd) => handle(worker, conn, slot, token, cmd, now).await,
-            Err(e) => send_error(&conn.outbox, e.code(), &e.to_string(), None),
+        if consumed == fed.get() {
+            // The parser holds no partial frame: drop it (and its buffer) until more input.
+            return None;
+        }
+        if worker.draining() {
+            return Some(End::Draining);
         }
     }
 }
@@ -476,7 +559,15 @@ fn chat_arc(conn: &Conn, chat: &str) -> Arc<str> {
 
 /// After our close frame: read and discard until the peer closes (or [`LINGER`] passes), so
 /// unread input does not turn the close into a reset that could destroy the close frame.
-async fn linger(ws: &mut Reader, outbox: &Outbox) {
+async fn linger(input: &mut Input, outbox: &Outbox) {
+    let fed = Cell::new(0u64);
+    let (mut ws, _) = fastwebsockets::after_handshake_split(
+        Feed::new(input, &fed),
+        tokio::io::sink(),
+        Role::Server,
+    );
+    ws.set_auto_close(false);
+    ws.set_auto_pong(false);
     let mut ignore = |_f: Frame<'_>| std::future::ready(Ok::<(), Infallible>(()));
     let _ = monoio::time::timeout(LINGER, async {
         loop {

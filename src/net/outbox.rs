@@ -21,6 +21,9 @@ use super::split::WriteHalf;
 use crate::protocol::frame::close_frame;
 use crate::protocol::CloseCode;
 
+/// First allocation of an outbox that receives a frame.
+const INITIAL_CAPACITY: usize = 512;
+
 /// Outgoing bytes of one connection.
 #[derive(Default)]
 pub struct Outbox {
@@ -43,7 +46,13 @@ impl Outbox {
         if self.closing.get() {
             return false;
         }
-        self.buf.borrow_mut().extend_from_slice(frame);
+        let mut buf = self.buf.borrow_mut();
+        if buf.capacity() == 0 {
+            // Idle outboxes hold no allocation; start with room for a few frames.
+            buf.reserve(frame.len().max(INITIAL_CAPACITY));
+        }
+        buf.extend_from_slice(frame);
+        drop(buf);
         self.wake_writer();
         true
     }
@@ -146,9 +155,11 @@ impl Outbox {
                     break;
                 }
                 spare.clear();
-                // Big bursts should not pin memory for the connection's lifetime.
-                if spare.capacity() > 64 * 1024 {
+                let mut queued = self.buf.borrow_mut();
+                if queued.is_empty() {
+                    // Going idle: keep no buffers (idle connections must stay small).
                     spare = Vec::new();
+                    *queued = Vec::new();
                 }
             }
             if self.closing.get() && self.buf.borrow().is_empty() {

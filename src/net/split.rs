@@ -1,11 +1,15 @@
-//! Read and write halves of one socket, for the connection's reader task and writer task.
+//! The two sides of one socket: [`Input`] for the connection's reader, [`WriteHalf`] for its
+//! writer task.
 //!
-//! Both halves live on the same worker thread and are only polled from it, one at a time, so a
-//! `RefCell` is enough: a borrow lasts for one `poll_*` call and never overlaps another. The
-//! read half first yields any bytes that arrived behind the upgrade request (a client may send
-//! frames without waiting for the 101).
+//! Both live on one worker thread and are polled one at a time, so a `RefCell` suffices: a
+//! borrow lasts one `poll_*` call. [`Input`] keeps idle connections cheap: it waits for data
+//! with no buffer of its own, reading into the worker's shared scratch buffer during the poll
+//! and keeping only the bytes that arrived (its `staging`). The frame parser is created only
+//! while those bytes are parsed (see `connection`). [`Feed`] counts every byte handed to the
+//! parser, so the connection knows when the parser holds no partial frame and can be dropped.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -15,10 +19,10 @@ use bytes::{Buf, BytesMut};
 use monoio::net::tcp::stream_poll::TcpStreamPoll;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// The reading side.
-pub struct ReadHalf {
+/// The reading side: the socket plus bytes read but not yet parsed.
+pub struct Input {
     stream: Rc<RefCell<TcpStreamPoll>>,
-    prefix: BytesMut,
+    staging: BytesMut,
 }
 
 /// The writing side.
@@ -26,32 +30,85 @@ pub struct WriteHalf {
     stream: Rc<RefCell<TcpStreamPoll>>,
 }
 
-/// Splits `stream`; `prefix` holds bytes already read past the upgrade request.
-pub fn split(stream: TcpStreamPoll, prefix: BytesMut) -> (ReadHalf, WriteHalf) {
+/// Splits `stream`; `prefix` holds bytes that arrived behind the upgrade request.
+pub fn split(stream: TcpStreamPoll, prefix: BytesMut) -> (Input, WriteHalf) {
     let stream = Rc::new(RefCell::new(stream));
     (
-        ReadHalf {
+        Input {
             stream: stream.clone(),
-            prefix,
+            staging: prefix,
         },
         WriteHalf { stream },
     )
 }
 
-impl AsyncRead for ReadHalf {
+impl Input {
+    /// Whether read bytes are waiting to be parsed.
+    pub fn has_staged(&self) -> bool {
+        !self.staging.is_empty()
+    }
+
+    /// Waits until the socket has data and stages it, reading through `scratch` (a buffer
+    /// shared by the worker's connections; borrowed only inside one poll). `Ok(false)` on EOF.
+    pub async fn fill(&mut self, scratch: &RefCell<Vec<u8>>) -> io::Result<bool> {
+        poll_fn(|cx| {
+            let mut scratch = scratch.borrow_mut();
+            let mut buf = ReadBuf::new(&mut scratch[..]);
+            let mut s = self.stream.borrow_mut();
+            match Pin::new(&mut *s).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) => {
+                    let got = buf.filled();
+                    self.staging.extend_from_slice(got);
+                    Poll::Ready(Ok(!got.is_empty()))
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
+    }
+}
+
+/// An [`Input`] as seen by the frame parser, counting the bytes handed over.
+pub struct Feed<'a> {
+    input: &'a mut Input,
+    fed: &'a Cell<u64>,
+}
+
+impl<'a> Feed<'a> {
+    /// A feed adding to `fed`.
+    pub fn new(input: &'a mut Input, fed: &'a Cell<u64>) -> Self {
+        Self { input, fed }
+    }
+}
+
+impl AsyncRead for Feed<'_> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix[..n]);
-            self.prefix.advance(n);
-            return Poll::Ready(Ok(()));
+        let before = buf.filled().len();
+        let this = &mut *self;
+        if !this.input.staging.is_empty() {
+            let n = this.input.staging.len().min(buf.remaining());
+            buf.put_slice(&this.input.staging[..n]);
+            this.input.staging.advance(n);
+            if this.input.staging.is_empty() {
+                // Release the staging allocation now rather than when the connection next idles.
+                this.input.staging = BytesMut::new();
+            }
+        } else {
+            let mut s = this.input.stream.borrow_mut();
+            if let Poll::Ready(r) = Pin::new(&mut *s).poll_read(cx, buf) {
+                r?;
+            } else {
+                return Poll::Pending;
+            }
         }
-        let mut s = self.stream.borrow_mut();
-        Pin::new(&mut *s).poll_read(cx, buf)
+        this.fed
+            .set(this.fed.get() + (buf.filled().len() - before) as u64);
+        Poll::Ready(Ok(()))
     }
 }
 

@@ -39,6 +39,8 @@ use crate::protocol::{CloseCode, ErrorCode, Outbound};
 
 /// Longest pause of the ticker; bounds how late a typing expiry or heartbeat can fire.
 const MAX_TICK: Duration = Duration::from_millis(100);
+/// Size of the worker's shared read buffer: the most one socket read takes in one go.
+const READ_SCRATCH: usize = 16 * 1024;
 /// Shortest pause of the ticker.
 const MIN_TICK: Duration = Duration::from_millis(5);
 
@@ -130,6 +132,8 @@ pub struct Worker {
     typing: RefCell<Typing<(usize, Arc<str>)>>,
     presence: RefCell<Presence>,
     scratch: RefCell<Vec<usize>>,
+    /// Where idle connections read into, one poll at a time (see `split::Input::fill`).
+    pub read_scratch: RefCell<Vec<u8>>,
     /// Fired when the drain starts: stop accepting and reading.
     pub stop: Signal,
     inflight: Cell<usize>,
@@ -156,6 +160,7 @@ impl Worker {
             typing: RefCell::new(typing),
             presence: RefCell::default(),
             scratch: RefCell::default(),
+            read_scratch: RefCell::new(vec![0; READ_SCRATCH]),
             stop: Signal::default(),
             inflight: Cell::new(0),
             tasks: Cell::new(0),

@@ -53,6 +53,20 @@ pub fn close_frame(code: CloseCode) -> Bytes {
     control_frame(OpCode::Close, &payload)
 }
 
+/// Bytes a masked client frame with a `payload`-byte payload occupies on the wire, with the
+/// minimal length encoding RFC 6455 requires. Used to know when the parser has consumed every
+/// byte it was given.
+pub fn client_frame_len(payload: usize) -> u64 {
+    let ext = if payload < 126 {
+        0
+    } else if payload < 65_536 {
+        2
+    } else {
+        8
+    };
+    (2 + ext + 4 + payload) as u64
+}
+
 /// Why a client's frames cannot form a message; each maps to a close code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
@@ -186,6 +200,14 @@ mod tests {
                 "len {len}"
             );
         }
+    }
+
+    #[test]
+    fn client_frame_len_counts_header_mask_and_payload() {
+        assert_eq!(client_frame_len(0), 6);
+        assert_eq!(client_frame_len(125), 131);
+        assert_eq!(client_frame_len(126), 134);
+        assert_eq!(client_frame_len(65_536), 65_550);
     }
 
     #[test]
