@@ -41,6 +41,20 @@ enum Cmd {
     Serve,
     /// Validate the configuration and print it; exit 2 if invalid.
     CheckConfig,
+    /// Conformance echo for the Autobahn testsuite: the production WebSocket layer echoing
+    /// every message, with raised limits. No authentication; bind to loopback only.
+    #[command(hide = true)]
+    Echo {
+        /// Port (0 picks a free one; the log line "Echo listening" gives it).
+        #[arg(long, default_value_t = 9001)]
+        port: u16,
+        /// Largest message, bytes.
+        #[arg(long, default_value_t = socket_server::net::echo::ECHO_MAX_MESSAGE_SIZE)]
+        max_message_size: usize,
+        /// Most fragments per message.
+        #[arg(long, default_value_t = socket_server::net::echo::ECHO_MAX_FRAGMENTS)]
+        max_fragments: usize,
+    },
     /// Manage users of the embedded store.
     User {
         #[command(subcommand)]
@@ -90,6 +104,19 @@ fn main() {
     let result = match cli.command {
         None | Some(Cmd::Serve) => serve(cli.config),
         Some(Cmd::CheckConfig) => check_config(&cli.config),
+        Some(Cmd::Echo {
+            port,
+            max_message_size,
+            max_fragments,
+        }) => {
+            telemetry::init(&cli.config.log_level);
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            let limits = socket_server::net::reader::Limits {
+                max_message_size,
+                max_fragments,
+            };
+            socket_server::net::echo::run(addr, limits).map_err(anyhow::Error::from)
+        }
         Some(Cmd::User { command }) => user(&cli.config, command),
         Some(Cmd::Chat { command }) => chat(&cli.config, command),
     };

@@ -17,43 +17,24 @@
 //! backend call before the next frame is read). Writes never happen here: everything goes
 //! into the connection's [`Outbox`], flushed by its writer task.
 
-use std::cell::Cell;
-use std::convert::Infallible;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::BytesMut;
-use fastwebsockets::{Frame, OpCode, Role, WebSocketError};
 use monoio::net::TcpStream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::handshake::{self, Request, MAX_HEAD};
 use super::outbox::Outbox;
-use super::split::{self, Feed, Input};
+use super::reader::{linger, read_loop, End, Handler, Limits};
+use super::split::{self, Input};
 use super::worker::{Conn, TaskGuard, Worker};
 use crate::backend::{BackendError, NewMessage};
 use crate::core::session::{Decision, Session, User};
-use crate::protocol::frame::{client_frame_len, control_frame, MessageAssembler};
+use crate::protocol::frame::Message;
 use crate::protocol::outbound::{error_frame, ErrorDetails, Outbound};
 use crate::protocol::{inbound, timestamp, CloseCode, Command, ErrorCode};
-
-/// How long to keep reading after our close frame, so the peer sees it before the socket goes.
-const LINGER: Duration = Duration::from_secs(2);
-
-/// Why the read loop ended.
-enum End {
-    /// The client sent a close frame (already echoed).
-    ClientClosed,
-    /// The peer vanished (EOF or I/O error).
-    Gone,
-    /// The client broke a rule; close with this code.
-    Violation(CloseCode),
-    /// Someone else closed the outbox (idle timeout, write failure).
-    Closed,
-    /// The worker is draining.
-    Draining,
-}
 
 /// Serves one accepted socket: handshake and authentication here, then the steady state in a
 /// task of its own (so the large handshake state is freed once the connection is idle).
@@ -233,7 +214,25 @@ async fn steady(
     mut input: Input,
     _live: TaskGuard,
 ) {
-    let end = read_loop(&worker, &conn, slot, &token, &mut input).await;
+    let cfg = worker.config();
+    let limits = Limits {
+        max_message_size: cfg.max_message_size,
+        max_fragments: cfg.max_fragments,
+    };
+    let mut chat = Chat {
+        worker: &worker,
+        conn: &conn,
+        slot,
+        token: &token,
+    };
+    let end = read_loop(
+        &mut input,
+        &conn.outbox,
+        &worker.read_scratch,
+        limits,
+        &mut chat,
+    )
+    .await;
     match end {
         End::Violation(code) => conn.outbox.close(code),
         End::Draining => {
@@ -277,137 +276,29 @@ fn reject(outbox: &Outbox, e: BackendError, req: &Request) {
     outbox.close(close);
 }
 
-/// Queues a frame that fastwebsockets obliges us to send (pong, close echo).
-fn obligated(outbox: &Outbox, frame: Frame<'_>) -> std::future::Ready<Result<(), Infallible>> {
-    let encoded = control_frame(frame.opcode, &frame.payload);
-    if frame.opcode == OpCode::Close {
-        outbox.close_with(&encoded);
-    } else {
-        outbox.push(&encoded);
-    }
-    std::future::ready(Ok(()))
-}
-
-/// Why the reader stopped waiting: the outbox closed, or the drain began.
-fn interrupted(conn: &Conn) -> End {
-    if conn.outbox.is_closing() {
-        End::Closed
-    } else {
-        End::Draining
-    }
-}
-
-/// The connection's loop. Idle, it holds no parser and no buffer: it waits for bytes (read
-/// through the worker's scratch buffer). Active, it parses what arrived in a [`burst`].
-async fn read_loop(
-    worker: &Worker,
-    conn: &Conn,
+/// The chat side of the frame loop: liveness, drain, and one complete message at a time.
+struct Chat<'a> {
+    worker: &'a Worker,
+    conn: &'a Conn,
     slot: usize,
-    token: &str,
-    input: &mut Input,
-) -> End {
-    let cfg = worker.config();
-    let mut assembler = MessageAssembler::new(cfg.max_message_size, cfg.max_fragments);
-    loop {
-        if worker.draining() {
-            return End::Draining;
-        }
-        if !input.has_staged() {
-            let filled = monoio::select! {
-                r = input.fill(&worker.read_scratch) => r,
-                _ = conn.outbox.interrupted() => return interrupted(conn),
-            };
-            match filled {
-                Ok(true) => {}
-                Ok(false) | Err(_) => return End::Gone,
-            }
-        }
-        // Boxed: the parser and handler state exist only while there is input to handle.
-        if let Some(end) = Box::pin(burst(worker, conn, slot, token, input, &mut assembler)).await {
-            return end;
-        }
-    }
+    token: &'a str,
 }
 
-/// Parses and handles frames until the parser has consumed every byte it was given (then it
-/// is dropped, with its read buffer) or the connection ends.
-async fn burst(
-    worker: &Worker,
-    conn: &Conn,
-    slot: usize,
-    token: &str,
-    input: &mut Input,
-    assembler: &mut MessageAssembler,
-) -> Option<End> {
-    let fed = Cell::new(0u64);
-    let mut consumed = 0u64;
-    let (mut ws, _) = fastwebsockets::after_handshake_split(
-        Feed::new(input, &fed),
-        tokio::io::sink(),
-        Role::Server,
-    );
-    // Per-frame check by fastwebsockets (`>=`); the whole-message cap is the assembler's.
-    ws.set_max_message_size(worker.config().max_message_size.saturating_add(1));
-    // Pings come back to us (answered below) so every frame is counted in `consumed`.
-    ws.set_auto_pong(false);
-    let mut send = |f: Frame<'_>| obligated(&conn.outbox, f);
-    loop {
-        // Cancelling `read_frame` can lose a partly read frame; it is only cancelled when the
-        // connection is ending anyway.
-        let frame = monoio::select! {
-            f = ws.read_frame(&mut send) => f,
-            _ = conn.outbox.interrupted() => return Some(interrupted(conn)),
-        };
-        let frame = match frame {
-            Ok(f) => f,
-            Err(e) => return Some(frame_error(e)),
-        };
-        consumed += client_frame_len(frame.payload.len());
-        if consumed > fed.get() {
-            // More counted than given: this frame had no mask, which RFC 6455 forbids from
-            // clients. (Best effort: an unmasked frame followed by more bytes is caught at the
-            // next frame, or not at all if the counts happen to agree.)
-            return Some(End::Violation(CloseCode::ProtocolError));
-        }
-        let now = Instant::now();
-        conn.session.borrow_mut().seen(now);
-        match frame.opcode {
-            OpCode::Close => return Some(End::ClientClosed),
-            OpCode::Ping => {
-                conn.outbox
-                    .push(&control_frame(OpCode::Pong, &frame.payload));
-            }
-            OpCode::Pong => {}
-            OpCode::Text | OpCode::Binary | OpCode::Continuation => match assembler.push(frame) {
-                Err(e) => return Some(End::Violation(e.close_code())),
-                Ok(None) => {}
-                Ok(Some(message)) => {
-                    let mut payload = message.payload;
-                    match inbound::parse(&mut payload) {
-                        Ok(cmd) => handle(worker, conn, slot, token, cmd, now).await,
-                        Err(e) => send_error(&conn.outbox, e.code(), &e.to_string(), None),
-                    }
-                }
-            },
-        }
-        if consumed == fed.get() {
-            // The parser holds no partial frame: drop it (and its buffer) until more input.
-            return None;
-        }
-        if worker.draining() {
-            return Some(End::Draining);
-        }
+impl Handler for Chat<'_> {
+    fn seen(&mut self, now: Instant) {
+        self.conn.session.borrow_mut().seen(now);
     }
-}
 
-fn frame_error(e: WebSocketError) -> End {
-    match e {
-        WebSocketError::FrameTooLarge => End::Violation(CloseCode::MessageTooBig),
-        WebSocketError::InvalidUTF8 => End::Violation(CloseCode::InvalidPayload),
-        WebSocketError::UnexpectedEOF
-        | WebSocketError::IoError(_)
-        | WebSocketError::ConnectionClosed => End::Gone,
-        _ => End::Violation(CloseCode::ProtocolError),
+    fn draining(&self) -> bool {
+        self.worker.draining()
+    }
+
+    async fn message(&mut self, message: Message, now: Instant) {
+        let mut payload = message.payload;
+        match inbound::parse(&mut payload) {
+            Ok(cmd) => handle(self.worker, self.conn, self.slot, self.token, cmd, now).await,
+            Err(e) => send_error(&self.conn.outbox, e.code(), &e.to_string(), None),
+        }
     }
 }
 
@@ -555,35 +446,4 @@ fn chat_arc(conn: &Conn, chat: &str) -> Arc<str> {
         .find(|c| &***c == chat)
         .cloned()
         .unwrap_or_else(|| chat.into())
-}
-
-/// After our close frame: read and discard until the peer closes (or [`LINGER`] passes), so
-/// unread input does not turn the close into a reset that could destroy the close frame.
-async fn linger(input: &mut Input, outbox: &Outbox) {
-    let fed = Cell::new(0u64);
-    let (mut ws, _) = fastwebsockets::after_handshake_split(
-        Feed::new(input, &fed),
-        tokio::io::sink(),
-        Role::Server,
-    );
-    ws.set_auto_close(false);
-    ws.set_auto_pong(false);
-    let mut ignore = |_f: Frame<'_>| std::future::ready(Ok::<(), Infallible>(()));
-    let _ = monoio::time::timeout(LINGER, async {
-        loop {
-            match ws.read_frame(&mut ignore).await {
-                Ok(f) if f.opcode == OpCode::Close => break,
-                Ok(_) => continue,
-                Err(_) => break,
-            }
-        }
-    })
-    .await;
-    // Give the writer a moment to flush what is queued before the socket is dropped.
-    let _ = monoio::time::timeout(Duration::from_millis(200), async {
-        while !outbox.writer_done() {
-            monoio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
 }

@@ -4,7 +4,9 @@
 //!   is unavailable) with its own `SO_REUSEPORT` listener, connection table, rooms, typing timers
 //!   and presence shard.
 //! - [`handshake`]: the HTTP/1.1 upgrade, parsed with httparse; Origin and token rules.
-//! - [`connection`]: one task per connection running the read loop.
+//! - [`connection`]: a connection's handshake, authentication and chat handling.
+//! - [`reader`]: the frame loop (RFC 6455 obligations, limits), shared with the echo.
+//! - [`echo`]: the conformance echo for Autobahn, on the same frame loop.
 //! - [`outbox`]: a connection's outgoing bytes, coalesced into one write per tick.
 //! - [`mailbox`]: lock-free, batched delivery of events from other workers.
 //! - [`split`]: the socket's read and write halves for the two tasks of a connection.
@@ -13,8 +15,10 @@
 //! crosses workers goes through [`mailbox`].
 
 pub mod connection;
+pub mod echo;
 pub mod handshake;
 pub mod mailbox;
 pub mod outbox;
+pub mod reader;
 pub mod split;
 pub mod worker;

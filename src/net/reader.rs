@@ -1,0 +1,216 @@
+//! The frame loop: bytes in, complete client messages out, with every RFC 6455 obligation the
+//! server has (pong, close echo, limits) handled here. Shared by chat connections and by the
+//! conformance echo (`socket-server echo`), so Autobahn tests exactly this code.
+//!
+//! Idle, a connection holds no parser and no buffer: [`read_loop`] waits for bytes (read
+//! through the worker's scratch buffer). Active, it parses what arrived in a `burst`, which
+//! creates fastwebsockets' parser (and its read buffer) and drops it again once the parser has
+//! consumed every byte it was given, i.e. holds no partial frame.
+//!
+//! Guarantees: a message is handed over only when complete, within `max_message_size` bytes
+//! and `max_fragments` fragments, and (text) valid UTF-8; pings are answered; a close is
+//! echoed. A violation ends the loop with the close code to send.
+
+use std::cell::{Cell, RefCell};
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+
+use fastwebsockets::{Frame, OpCode, Role, WebSocketError};
+
+use super::outbox::Outbox;
+use super::split::{Feed, Input};
+use crate::protocol::frame::{client_frame_len, control_frame, Message, MessageAssembler};
+use crate::protocol::CloseCode;
+
+/// How long to keep reading after our close frame, so the peer sees it before the socket goes.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Why the read loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The client sent a close frame (already echoed).
+    ClientClosed,
+    /// The peer vanished (EOF or I/O error).
+    Gone,
+    /// The client broke a rule; close with this code.
+    Violation(CloseCode),
+    /// Someone else closed the outbox (idle timeout, write failure).
+    Closed,
+    /// The worker is draining.
+    Draining,
+}
+
+/// Size limits of client messages.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest message, in bytes, after reassembly.
+    pub max_message_size: usize,
+    /// Most fragments in one message.
+    pub max_fragments: usize,
+}
+
+/// What the loop calls back into.
+pub(crate) trait Handler {
+    /// Any frame arrived (liveness).
+    fn seen(&mut self, now: Instant);
+    /// Whether to stop reading because the worker drains.
+    fn draining(&self) -> bool;
+    /// A complete data message. The loop reads nothing more until this returns, so messages
+    /// are handled in arrival order.
+    async fn message(&mut self, message: Message, now: Instant);
+}
+
+fn interrupted(outbox: &Outbox) -> End {
+    if outbox.is_closing() {
+        End::Closed
+    } else {
+        End::Draining
+    }
+}
+
+/// Reads and hands over messages until the connection ends.
+pub(crate) async fn read_loop<H: Handler>(
+    input: &mut Input,
+    outbox: &Outbox,
+    scratch: &RefCell<Vec<u8>>,
+    limits: Limits,
+    handler: &mut H,
+) -> End {
+    let mut assembler = MessageAssembler::new(limits.max_message_size, limits.max_fragments);
+    loop {
+        if handler.draining() {
+            return End::Draining;
+        }
+        if !input.has_staged() {
+            let filled = monoio::select! {
+                r = input.fill(scratch) => r,
+                _ = outbox.interrupted() => return interrupted(outbox),
+            };
+            match filled {
+                Ok(true) => {}
+                Ok(false) | Err(_) => return End::Gone,
+            }
+        }
+        // Boxed: the parser and handler state exist only while there is input to handle.
+        let burst = Box::pin(burst(input, outbox, limits, &mut assembler, handler));
+        if let Some(end) = burst.await {
+            return end;
+        }
+    }
+}
+
+/// Queues a frame that fastwebsockets obliges us to send (the close echo).
+fn obligated(outbox: &Outbox, frame: Frame<'_>) -> std::future::Ready<Result<(), Infallible>> {
+    let encoded = control_frame(frame.opcode, &frame.payload);
+    if frame.opcode == OpCode::Close {
+        outbox.close_with(&encoded);
+    } else {
+        outbox.push(&encoded);
+    }
+    std::future::ready(Ok(()))
+}
+
+fn frame_error(e: WebSocketError) -> End {
+    match e {
+        WebSocketError::FrameTooLarge => End::Violation(CloseCode::MessageTooBig),
+        WebSocketError::InvalidUTF8 => End::Violation(CloseCode::InvalidPayload),
+        WebSocketError::UnexpectedEOF
+        | WebSocketError::IoError(_)
+        | WebSocketError::ConnectionClosed => End::Gone,
+        _ => End::Violation(CloseCode::ProtocolError),
+    }
+}
+
+/// Parses and handles frames until the parser has consumed every byte it was given (then it
+/// is dropped, with its read buffer) or the connection ends.
+async fn burst<H: Handler>(
+    input: &mut Input,
+    outbox: &Outbox,
+    limits: Limits,
+    assembler: &mut MessageAssembler,
+    handler: &mut H,
+) -> Option<End> {
+    let fed = Cell::new(0u64);
+    let mut consumed = 0u64;
+    let (mut ws, _) = fastwebsockets::after_handshake_split(
+        Feed::new(input, &fed),
+        tokio::io::sink(),
+        Role::Server,
+    );
+    // Per-frame check by fastwebsockets (`>=`); the whole-message cap is the assembler's.
+    ws.set_max_message_size(limits.max_message_size.saturating_add(1));
+    // Pings come back to us (answered below) so every frame is counted in `consumed`.
+    ws.set_auto_pong(false);
+    let mut send = |f: Frame<'_>| obligated(outbox, f);
+    loop {
+        // Cancelling `read_frame` can lose a partly read frame; it is only cancelled when the
+        // connection is ending anyway.
+        let frame = monoio::select! {
+            f = ws.read_frame(&mut send) => f,
+            _ = outbox.interrupted() => return Some(interrupted(outbox)),
+        };
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => return Some(frame_error(e)),
+        };
+        consumed += client_frame_len(frame.payload.len());
+        if consumed > fed.get() {
+            // More counted than given: this frame had no mask, which RFC 6455 forbids from
+            // clients. (Best effort: an unmasked frame followed by more bytes is caught at the
+            // next frame, or not at all if the counts happen to agree.)
+            return Some(End::Violation(CloseCode::ProtocolError));
+        }
+        let now = Instant::now();
+        handler.seen(now);
+        match frame.opcode {
+            OpCode::Close => return Some(End::ClientClosed),
+            OpCode::Ping => {
+                outbox.push(&control_frame(OpCode::Pong, &frame.payload));
+            }
+            OpCode::Pong => {}
+            OpCode::Text | OpCode::Binary | OpCode::Continuation => match assembler.push(frame) {
+                Err(e) => return Some(End::Violation(e.close_code())),
+                Ok(None) => {}
+                Ok(Some(message)) => handler.message(message, now).await,
+            },
+        }
+        if consumed == fed.get() {
+            // The parser holds no partial frame: drop it (and its buffer) until more input.
+            return None;
+        }
+        if handler.draining() {
+            return Some(End::Draining);
+        }
+    }
+}
+
+/// After our close frame: read and discard until the peer closes (or [`LINGER`] passes), so
+/// unread input does not turn the close into a reset that could destroy the close frame.
+pub(crate) async fn linger(input: &mut Input, outbox: &Outbox) {
+    let fed = Cell::new(0u64);
+    let (mut ws, _) = fastwebsockets::after_handshake_split(
+        Feed::new(input, &fed),
+        tokio::io::sink(),
+        Role::Server,
+    );
+    ws.set_auto_close(false);
+    ws.set_auto_pong(false);
+    let mut ignore = |_f: Frame<'_>| std::future::ready(Ok::<(), Infallible>(()));
+    let _ = monoio::time::timeout(LINGER, async {
+        loop {
+            match ws.read_frame(&mut ignore).await {
+                Ok(f) if f.opcode == OpCode::Close => break,
+                Ok(_) => continue,
+                Err(_) => break,
+            }
+        }
+    })
+    .await;
+    // Give the writer a moment to flush what is queued before the socket is dropped.
+    let _ = monoio::time::timeout(Duration::from_millis(200), async {
+        while !outbox.writer_done() {
+            monoio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}
