@@ -114,7 +114,7 @@ fn fan_out(c: &mut Criterion) {
     g.throughput(Throughput::Elements(N as u64));
     let room: Arc<str> = "c0".into();
     let mut rooms = Rooms::default();
-    let outboxes: Vec<Outbox> = (0..N).map(|_| Outbox::new()).collect();
+    let outboxes: Vec<Outbox> = (0..N).map(|_| Outbox::new(1 << 20)).collect();
     for i in 0..N {
         rooms.join(&room, i);
     }

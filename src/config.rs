@@ -43,6 +43,14 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 5_000;
 pub const DEFAULT_CHATS_REFETCH_INTERVAL_MS: u64 = 2_000;
 /// Default cap on fragments in one client message.
 pub const DEFAULT_MAX_FRAGMENTS: usize = 64;
+/// Default cap on bytes queued for one connection.
+pub const DEFAULT_MAX_OUTBOX_BYTES: usize = 1 << 20;
+/// Default sustained client message rate per connection, messages per second.
+pub const DEFAULT_RATE_LIMIT: u32 = 50;
+/// Default burst of client messages allowed above the rate.
+pub const DEFAULT_RATE_BURST: u32 = 100;
+/// Default cap on open connections per process.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
 
 /// Every setting of the server. Field docs give the variable, unit and default.
 #[derive(Debug, Clone, Args)]
@@ -126,6 +134,33 @@ pub struct Config {
     #[arg(long, env = "MAX_FRAGMENTS", default_value_t = DEFAULT_MAX_FRAGMENTS)]
     pub max_fragments: usize,
 
+    /// Bytes queued for one connection before it is closed as a slow consumer (4009); volatile
+    /// events are dropped from half of it. Env `MAX_OUTBOX_BYTES`. Default 1048576.
+    #[arg(long, env = "MAX_OUTBOX_BYTES", default_value_t = DEFAULT_MAX_OUTBOX_BYTES)]
+    pub max_outbox_bytes: usize,
+
+    /// Sustained client messages per second per connection; above it messages are answered
+    /// `RATE_LIMITED`, and a connection that keeps going is closed (4029). 0 disables.
+    /// Env `RATE_LIMIT`. Default 50.
+    #[arg(long, env = "RATE_LIMIT", default_value_t = DEFAULT_RATE_LIMIT)]
+    pub rate_limit: u32,
+
+    /// Messages a connection may send at once above `RATE_LIMIT`. Env `RATE_BURST`.
+    /// Default 100.
+    #[arg(long, env = "RATE_BURST", default_value_t = DEFAULT_RATE_BURST)]
+    pub rate_burst: u32,
+
+    /// Open connections per process; more are refused with HTTP 503. Env `MAX_CONNECTIONS`.
+    /// Default 100000.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+
+    /// Open connections per client IP address; more are refused with HTTP 503. 0 disables
+    /// (the default: clients behind one NAT or proxy share an address). Env
+    /// `MAX_CONNECTIONS_PER_IP`.
+    #[arg(long, env = "MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub max_connections_per_ip: usize,
+
     /// Demo mode: seed users alice, bob and carol (tokens `demo-alice`, …) and a chat `general`
     /// into the embedded store, and serve the demo chat page at `GET /`. Env `DEMO`.
     #[arg(long, env = "DEMO", default_value_t = false)]
@@ -183,6 +218,18 @@ impl Config {
                 "MAX_MESSAGE_SIZE",
                 "must be between 16 bytes and 64 MiB",
             ));
+        }
+        if self.max_outbox_bytes < 4096 {
+            return Err(bad("MAX_OUTBOX_BYTES", "must be at least 4096 bytes"));
+        }
+        if self.rate_limit > 0 && self.rate_burst == 0 {
+            return Err(bad(
+                "RATE_BURST",
+                "must be at least 1 when RATE_LIMIT is set",
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err(bad("MAX_CONNECTIONS", "must be at least 1"));
         }
         if self.max_fragments == 0 {
             return Err(bad("MAX_FRAGMENTS", "must be at least 1"));

@@ -220,6 +220,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         mailboxes,
         listening: Default::default(),
         stopping: Default::default(),
+        counts: Default::default(),
         config,
     });
     let handles = worker::start(shared.clone(), first)?;

@@ -14,6 +14,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::rate::{Admission, RateLimit};
 use crate::protocol::Command;
 
 /// The authenticated user behind a connection.
@@ -54,6 +55,7 @@ pub struct Session {
     refetch_interval: Duration,
     last_seen: Instant,
     connection_timeout: Duration,
+    rate: RateLimit,
 }
 
 /// The change in chat membership after a re-fetch.
@@ -73,8 +75,10 @@ impl Session {
         now: Instant,
         refetch_interval: Duration,
         connection_timeout: Duration,
+        rate: RateLimit,
     ) -> Self {
         Self {
+            rate,
             user,
             chats,
             last_refetch: None,
@@ -144,6 +148,11 @@ impl Session {
         }
     }
 
+    /// Applies the rate limit to one client message arriving at `now`.
+    pub fn admit(&mut self, now: Instant) -> Admission {
+        self.rate.admit(now)
+    }
+
     /// Records activity from the client (any frame, including pongs).
     pub fn seen(&mut self, now: Instant) {
         self.last_seen = now;
@@ -173,6 +182,7 @@ mod tests {
             now,
             Duration::from_secs(2),
             Duration::from_secs(60),
+            RateLimit::new(1, 1, now),
         )
     }
 
@@ -212,6 +222,15 @@ mod tests {
             s.after_refetch(msg("c1")),
             Decision::NotParticipant(msg("c1"))
         );
+    }
+
+    #[test]
+    fn messages_past_the_rate_are_refused() {
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        assert_eq!(s.admit(t0), Admission::Allowed);
+        assert_eq!(s.admit(t0), Admission::Rejected);
+        assert_eq!(s.admit(t0), Admission::Abusive);
     }
 
     #[test]

@@ -26,11 +26,12 @@ use monoio::net::TcpStream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::handshake::{self, Request, MAX_HEAD};
-use super::outbox::Outbox;
-use super::reader::{linger, read_loop, End, Handler, Limits};
+use super::outbox::{Class, Outbox};
+use super::reader::{finish, linger, read_loop, End, Handler, Limits};
 use super::split::{self, Input};
 use super::worker::{Conn, TaskGuard, Worker};
 use crate::backend::{BackendError, NewMessage};
+use crate::core::rate::{Admission, RateLimit};
 use crate::core::session::{Decision, Session, User};
 use crate::protocol::frame::Message;
 use crate::protocol::outbound::{error_frame, ErrorDetails, Outbound};
@@ -39,7 +40,24 @@ use crate::protocol::{inbound, timestamp, CloseCode, Command, ErrorCode};
 /// Serves one accepted socket: handshake and authentication here, then the steady state in a
 /// task of its own (so the large handshake state is freed once the connection is idle).
 pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
-    let live = worker.task_guard();
+    let peer = stream.peer_addr().ok().map(|a| a.ip());
+    let live = match worker.admit(peer) {
+        Ok(guard) => guard,
+        Err(refused) => {
+            tracing::warn!(reason = %refused, "Connection refused");
+            if let Ok(mut s) = stream.try_into_poll_io() {
+                let body = refused.to_string();
+                let response = handshake::http_response(
+                    503,
+                    "Service Unavailable",
+                    "text/plain",
+                    body.as_bytes(),
+                );
+                let _ = s.write_all(&response).await;
+            }
+            return;
+        }
+    };
     let _ = stream.set_nodelay(true);
     let mut stream = match stream.try_into_poll_io() {
         Ok(s) => s,
@@ -115,7 +133,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
     let prefix = BytesMut::from(&buf[consumed..]);
     drop(buf);
     let (mut input, write_half) = split::split(stream, prefix);
-    let outbox = Rc::new(Outbox::new());
+    let outbox = Rc::new(Outbox::new(worker.config().max_outbox_bytes));
     monoio::spawn({
         let outbox = outbox.clone();
         async move { outbox.run_writer(write_half).await }
@@ -187,6 +205,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
         now,
         cfg.chats_refetch_interval(),
         cfg.connection_timeout(),
+        RateLimit::new(cfg.rate_limit, cfg.rate_burst, now),
     );
     let conn = Rc::new(Conn {
         outbox,
@@ -247,12 +266,14 @@ async fn steady(
     }
     worker.unregister(slot);
     tracing::info!(user_id = %conn.session.borrow().user().id, worker = worker.id, "User disconnected");
-    if !matches!(end, End::Gone | End::ClientClosed) {
-        // Boxed, like every rarely used state, to keep the idle task small.
+    // Boxed, like every rarely used state, to keep the idle task small. Both end by aborting
+    // the writer, so the socket is released even if the peer never reads.
+    if matches!(end, End::Gone | End::ClientClosed) {
+        conn.outbox.close(CloseCode::Normal);
+        Box::pin(finish(&conn.outbox)).await;
+    } else {
         Box::pin(linger(&mut input, &conn.outbox)).await;
     }
-    // Idempotent; guarantees the writer task ends and releases the socket.
-    conn.outbox.close(CloseCode::GoingAway);
 }
 
 /// Answers a failed authentication: the error, then the close code for it.
@@ -294,6 +315,29 @@ impl Handler for Chat<'_> {
     }
 
     async fn message(&mut self, message: Message, now: Instant) {
+        let admission = self.conn.session.borrow_mut().admit(now);
+        match admission {
+            Admission::Allowed => {}
+            Admission::Rejected => {
+                return send_error(
+                    &self.conn.outbox,
+                    ErrorCode::RateLimited,
+                    "Too many messages; slow down",
+                    None,
+                );
+            }
+            Admission::Abusive => {
+                tracing::warn!(user_id = %self.conn.session.borrow().user().id, "Rate limit abuse, closing");
+                send_error(
+                    &self.conn.outbox,
+                    ErrorCode::RateLimited,
+                    "Too many messages",
+                    None,
+                );
+                self.conn.outbox.close(CloseCode::RateLimited);
+                return;
+            }
+        }
         let mut payload = message.payload;
         match inbound::parse(&mut payload) {
             Ok(cmd) => handle(self.worker, self.conn, self.slot, self.token, cmd, now).await,
@@ -392,7 +436,7 @@ async fn handle(
                     }
                     .to_frame();
                     let room = chat_arc(conn, &m.chat_id);
-                    worker.publish(vec![room], frame, None);
+                    worker.publish(vec![room], frame, None, Class::Reliable);
                 }
                 Err(e) => backend_error(&conn.outbox, &e),
             }
@@ -416,7 +460,7 @@ async fn handle(
                         read_at: &read_at,
                     }
                     .to_frame();
-                    worker.publish(vec![chat_arc(conn, &chat_id)], frame, None);
+                    worker.publish(vec![chat_arc(conn, &chat_id)], frame, None, Class::Reliable);
                 }
                 Err(e) => backend_error(&conn.outbox, &e),
             }
@@ -432,7 +476,7 @@ async fn handle(
                 is_typing,
             }
             .to_frame();
-            worker.publish(vec![room], frame, Some((worker.id, slot)));
+            worker.publish(vec![room], frame, Some((worker.id, slot)), Class::Volatile);
         }
     }
 }

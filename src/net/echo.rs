@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::handshake::{self, MAX_HEAD};
 use super::outbox::Outbox;
-use super::reader::{linger, read_loop, End, Handler, Limits};
+use super::reader::{finish, linger, read_loop, End, Handler, Limits};
 use super::split;
 use crate::protocol::frame::{control_frame, Message};
 use crate::protocol::CloseCode;
@@ -67,7 +67,7 @@ async fn serve(stream: monoio::net::TcpStream, scratch: Rc<RefCell<Vec<u8>>>, li
         return;
     }
     let (mut input, write_half) = split::split(stream, BytesMut::from(&buf[consumed..]));
-    let outbox = Rc::new(Outbox::new());
+    let outbox = Rc::new(Outbox::new(limits.max_message_size.saturating_mul(4)));
     monoio::spawn({
         let outbox = outbox.clone();
         async move { outbox.run_writer(write_half).await }
@@ -77,10 +77,12 @@ async fn serve(stream: monoio::net::TcpStream, scratch: Rc<RefCell<Vec<u8>>>, li
     if let End::Violation(code) = end {
         outbox.close(code);
     }
-    if !matches!(end, End::Gone | End::ClientClosed) {
+    outbox.close(CloseCode::Normal);
+    if matches!(end, End::Gone | End::ClientClosed) {
+        finish(&outbox).await;
+    } else {
         linger(&mut input, &outbox).await;
     }
-    outbox.close(CloseCode::Normal);
 }
 
 /// Runs the echo on `addr` (one thread) until the process is killed.

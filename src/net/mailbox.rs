@@ -17,6 +17,8 @@ use atomic_waker::AtomicWaker;
 use bytes::Bytes;
 use crossbeam_queue::SegQueue;
 
+use super::outbox::Class;
+
 /// A connection anywhere in the process: (worker, slot).
 pub type ConnRef = (usize, usize);
 
@@ -29,6 +31,8 @@ pub struct RoomEvent {
     pub frame: Bytes,
     /// A connection that must not receive it (the sender of a typing event).
     pub exclude: Option<ConnRef>,
+    /// Whether it may be dropped for a client that is behind.
+    pub class: Class,
 }
 
 /// What workers send each other.

@@ -5,10 +5,18 @@
 //! takes the whole buffer (uWebSockets' "cork"). Frames arrive already encoded (a room event is
 //! encoded once for all its recipients), so queuing is a `memcpy`.
 //!
+//! The queue is capped at `cap` bytes (`MAX_OUTBOX_BYTES`). [`Class::Volatile`] frames (typing,
+//! presence, pings) are dropped once half the cap is used, so they never push reliable ones
+//! out. A [`Class::Reliable`] frame (messages, receipts, replies) that would exceed the cap
+//! marks the client a slow consumer: the unsent queue is discarded, a close 4009 is queued in
+//! its place, and the connection ends. So a client that stops reading holds at most `cap`
+//! bytes of server memory here (plus the one write in flight) and never slows anyone else.
+//!
 //! States: open → closing (a close frame is queued; nothing more is accepted; the writer sends
-//! what is queued, then shuts the socket's write side) → done. Closing also wakes the reader
-//! task, which stops reading; so does [`Outbox::interrupt`] (the drain), without closing.
-//! Each side has a single waker slot: exactly one writer task and one reader task wait here.
+//! what is queued, then shuts the socket's write side) → done. Closing also wakes the reader,
+//! which stops reading; so does [`Outbox::interrupt`] (the drain), without closing. Abort
+//! ([`Outbox::abort`]) ends the writer even mid-write, for peers that never read. Each side
+//! has a single waker slot: exactly one writer task and one reader task wait here.
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
@@ -24,29 +32,74 @@ use crate::protocol::CloseCode;
 /// First allocation of an outbox that receives a frame.
 const INITIAL_CAPACITY: usize = 512;
 
+/// How a frame may be treated under back-pressure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Must arrive, or the connection ends (messages, receipts, replies).
+    Reliable,
+    /// May be dropped when the client is behind (typing, presence, pings).
+    Volatile,
+}
+
+/// What happened to a pushed frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Queued.
+    Queued,
+    /// Dropped: volatile and the queue is over half full, or the outbox is closing.
+    Dropped,
+    /// Reliable and over the cap: the connection is being closed as a slow consumer.
+    Overflow,
+}
+
 /// Outgoing bytes of one connection.
-#[derive(Default)]
 pub struct Outbox {
+    cap: usize,
     buf: RefCell<Vec<u8>>,
     closing: Cell<bool>,
-    writer_done: Cell<bool>,
     interrupted: Cell<bool>,
+    aborted: Cell<bool>,
+    writer_done: Cell<bool>,
     writer: Cell<Option<Waker>>,
     reader: Cell<Option<Waker>>,
 }
 
 impl Outbox {
-    /// A new, open outbox.
-    pub fn new() -> Self {
-        Self::default()
+    /// A new, open outbox holding at most `cap` queued bytes.
+    pub fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            buf: RefCell::default(),
+            closing: Cell::new(false),
+            interrupted: Cell::new(false),
+            aborted: Cell::new(false),
+            writer_done: Cell::new(false),
+            writer: Cell::new(None),
+            reader: Cell::new(None),
+        }
     }
 
-    /// Queues an encoded frame; returns `false` (and drops it) once closing.
-    pub fn push(&self, frame: &[u8]) -> bool {
+    /// Queues an encoded frame of the given class.
+    pub fn push_class(&self, frame: &[u8], class: Class) -> Pushed {
         if self.closing.get() {
-            return false;
+            return Pushed::Dropped;
         }
         let mut buf = self.buf.borrow_mut();
+        let after = buf.len() + frame.len();
+        match class {
+            Class::Volatile if after > self.cap / 2 => return Pushed::Dropped,
+            Class::Reliable if after > self.cap => {
+                // Slow consumer: what is queued will not be read in time; replace it with
+                // the close frame and let the connection end.
+                *buf = close_frame(CloseCode::SlowConsumer).to_vec();
+                drop(buf);
+                self.closing.set(true);
+                self.wake_writer();
+                self.wake_reader();
+                return Pushed::Overflow;
+            }
+            _ => {}
+        }
         if buf.capacity() == 0 {
             // Idle outboxes hold no allocation; start with room for a few frames.
             buf.reserve(frame.len().max(INITIAL_CAPACITY));
@@ -54,7 +107,12 @@ impl Outbox {
         buf.extend_from_slice(frame);
         drop(buf);
         self.wake_writer();
-        true
+        Pushed::Queued
+    }
+
+    /// Queues a reliable frame; `false` if it was not queued.
+    pub fn push(&self, frame: &[u8]) -> bool {
+        self.push_class(frame, Class::Reliable) == Pushed::Queued
     }
 
     /// Queues a close frame with `code` and stops accepting frames. Idempotent.
@@ -75,6 +133,14 @@ impl Outbox {
     /// Asks the reader to stop reading (the drain) without closing.
     pub fn interrupt(&self) {
         self.interrupted.set(true);
+        self.wake_reader();
+    }
+
+    /// Ends the writer now, even in the middle of a write (peers that never read).
+    pub fn abort(&self) {
+        self.closing.set(true);
+        self.aborted.set(true);
+        self.wake_writer();
         self.wake_reader();
     }
 
@@ -116,7 +182,7 @@ impl Outbox {
         }
     }
 
-    /// Whether the writer has finished (socket write side shut or failed).
+    /// Whether the writer has finished (socket write side shut, failed or aborted).
     pub fn writer_done(&self) -> bool {
         self.writer_done.get()
     }
@@ -133,7 +199,18 @@ impl Outbox {
         }
     }
 
-    /// The writer task: sends queued bytes until closing and drained, or a write fails.
+    async fn abort_signal(&self) {
+        poll_fn(|cx| {
+            if self.aborted.get() {
+                return Poll::Ready(());
+            }
+            self.writer.set(Some(cx.waker().clone()));
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// The writer task: sends queued bytes until closing and drained, a write fails, or abort.
     pub async fn run_writer(&self, mut socket: WriteHalf) {
         let mut spare = Vec::new();
         loop {
@@ -146,10 +223,18 @@ impl Outbox {
                 }
             })
             .await;
+            if self.aborted.get() {
+                break;
+            }
             std::mem::swap(&mut *self.buf.borrow_mut(), &mut spare);
             if !spare.is_empty() {
-                if socket.write_all(&spare).await.is_err() {
-                    // The peer is gone: stop accepting frames and let the reader finish.
+                let written = monoio::select! {
+                    r = socket.write_all(&spare) => r.is_ok(),
+                    _ = self.abort_signal() => false,
+                };
+                if !written {
+                    // The peer is gone (or never reads): stop accepting frames and let the
+                    // reader finish.
                     self.closing.set(true);
                     self.wake_reader();
                     break;
@@ -168,5 +253,40 @@ impl Outbox {
             }
         }
         self.writer_done.set(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volatile_frames_give_way_at_half_the_cap() {
+        let o = Outbox::new(100);
+        assert_eq!(o.push_class(&[0; 40], Class::Volatile), Pushed::Queued);
+        assert_eq!(o.push_class(&[0; 20], Class::Volatile), Pushed::Dropped);
+        assert_eq!(o.push_class(&[0; 50], Class::Reliable), Pushed::Queued);
+        assert_eq!(o.queued(), 90);
+        assert!(!o.is_closing());
+    }
+
+    #[test]
+    fn reliable_overflow_replaces_the_queue_with_a_4009_close() {
+        let o = Outbox::new(100);
+        assert!(o.push(&[1; 80]));
+        assert_eq!(o.push_class(&[1; 30], Class::Reliable), Pushed::Overflow);
+        assert!(o.is_closing());
+        let queued = o.take_for_bench();
+        assert_eq!(queued, close_frame(CloseCode::SlowConsumer).to_vec());
+        assert_eq!(o.push_class(&[1; 1], Class::Reliable), Pushed::Dropped);
+    }
+
+    #[test]
+    fn closing_accepts_nothing_more() {
+        let o = Outbox::new(1000);
+        o.close(CloseCode::Normal);
+        o.close(CloseCode::AuthFailed);
+        assert!(!o.push(b"x"));
+        assert_eq!(o.take_for_bench(), close_frame(CloseCode::Normal).to_vec());
     }
 }

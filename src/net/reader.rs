@@ -17,13 +17,16 @@ use std::time::{Duration, Instant};
 
 use fastwebsockets::{Frame, OpCode, Role, WebSocketError};
 
-use super::outbox::Outbox;
+use super::outbox::{Class, Outbox};
 use super::split::{Feed, Input};
 use crate::protocol::frame::{client_frame_len, control_frame, Message, MessageAssembler};
 use crate::protocol::CloseCode;
 
 /// How long to keep reading after our close frame, so the peer sees it before the socket goes.
 const LINGER: Duration = Duration::from_secs(2);
+
+/// How long the writer may take to flush the last frames before it is aborted.
+const FLUSH_GRACE: Duration = Duration::from_secs(1);
 
 /// Why the read loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,7 +168,10 @@ async fn burst<H: Handler>(
         match frame.opcode {
             OpCode::Close => return Some(End::ClientClosed),
             OpCode::Ping => {
-                outbox.push(&control_frame(OpCode::Pong, &frame.payload));
+                outbox.push_class(
+                    &control_frame(OpCode::Pong, &frame.payload),
+                    Class::Volatile,
+                );
             }
             OpCode::Pong => {}
             OpCode::Text | OpCode::Binary | OpCode::Continuation => match assembler.push(frame) {
@@ -206,11 +212,17 @@ pub(crate) async fn linger(input: &mut Input, outbox: &Outbox) {
         }
     })
     .await;
-    // Give the writer a moment to flush what is queued before the socket is dropped.
-    let _ = monoio::time::timeout(Duration::from_millis(200), async {
+    finish(outbox).await;
+}
+
+/// Gives the writer a moment to flush what is queued (the close frame), then aborts it, so a
+/// peer that never reads cannot keep the socket (and its queue) alive.
+pub(crate) async fn finish(outbox: &Outbox) {
+    let _ = monoio::time::timeout(FLUSH_GRACE, async {
         while !outbox.writer_done() {
             monoio::time::sleep(Duration::from_millis(5)).await;
         }
     })
     .await;
+    outbox.abort();
 }

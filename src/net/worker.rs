@@ -12,11 +12,12 @@
 //! disconnected anyway.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::future::poll_fn;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -26,7 +27,7 @@ use slab::Slab;
 
 use super::connection;
 use super::mailbox::{Bus, ConnRef, Envelope, Mailbox, RoomEvent};
-use super::outbox::Outbox;
+use super::outbox::{Class, Outbox, Pushed};
 use crate::backend::Backend;
 use crate::config::Config;
 use crate::core::presence::{owner_of, Presence};
@@ -60,6 +61,22 @@ pub struct Shared {
     pub listening: AtomicUsize,
     /// Set once shutdown begins.
     pub stopping: AtomicBool,
+    /// Open connections, for `MAX_CONNECTIONS` and `MAX_CONNECTIONS_PER_IP`.
+    pub counts: ConnectionCounts,
+}
+
+/// Process-wide connection counts. Touched on connect and disconnect only, never per message.
+#[derive(Default)]
+pub struct ConnectionCounts {
+    open: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl ConnectionCounts {
+    /// Open connections in the process.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
 }
 
 impl Shared {
@@ -141,12 +158,42 @@ pub struct Worker {
 }
 
 /// Counts a live connection task for the drain; decrements when dropped.
-pub struct TaskGuard(Rc<Worker>);
+pub struct TaskGuard {
+    worker: Rc<Worker>,
+    ip: Option<IpAddr>,
+}
 
 impl Drop for TaskGuard {
     fn drop(&mut self) {
-        self.0.tasks.set(self.0.tasks.get() - 1);
+        let w = &self.worker;
+        w.tasks.set(w.tasks.get() - 1);
+        w.shared.counts.open.fetch_sub(1, Ordering::Relaxed);
+        if let Some(ip) = self.ip {
+            let mut per_ip = w
+                .shared
+                .counts
+                .per_ip
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = per_ip.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    per_ip.remove(&ip);
+                }
+            }
+        }
     }
+}
+
+/// Why a new connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// `MAX_CONNECTIONS` reached.
+    #[error("too many connections")]
+    ProcessFull,
+    /// `MAX_CONNECTIONS_PER_IP` reached for this address.
+    #[error("too many connections from this address")]
+    AddressFull,
 }
 
 impl Worker {
@@ -183,9 +230,30 @@ impl Worker {
     }
 
     /// Marks a connection task as live until the guard drops (the drain waits for it).
-    pub fn task_guard(self: &Rc<Self>) -> TaskGuard {
+    /// Admits a new connection from `ip` under the connection caps; the guard releases it.
+    pub fn admit(self: &Rc<Self>, ip: Option<IpAddr>) -> Result<TaskGuard, Refused> {
+        let cfg = self.config();
+        let counts = &self.shared.counts;
+        if counts.open.fetch_add(1, Ordering::Relaxed) >= cfg.max_connections {
+            counts.open.fetch_sub(1, Ordering::Relaxed);
+            return Err(Refused::ProcessFull);
+        }
+        let ip = ip.filter(|_| cfg.max_connections_per_ip > 0);
+        if let Some(ip) = ip {
+            let mut per_ip = counts.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+            let n = per_ip.entry(ip).or_insert(0);
+            if *n >= cfg.max_connections_per_ip {
+                drop(per_ip);
+                counts.open.fetch_sub(1, Ordering::Relaxed);
+                return Err(Refused::AddressFull);
+            }
+            *n += 1;
+        }
         self.tasks.set(self.tasks.get() + 1);
-        TaskGuard(self.clone())
+        Ok(TaskGuard {
+            worker: self.clone(),
+            ip,
+        })
     }
 
     /// Runs a backend call, counted as in flight so the drain can wait for it.
@@ -236,7 +304,7 @@ impl Worker {
                     is_typing: false,
                 }
                 .to_frame();
-                self.publish(vec![chat.clone()], frame, None);
+                self.publish(vec![chat.clone()], frame, None, Class::Volatile);
             }
         }
         if !self.draining() {
@@ -267,11 +335,18 @@ impl Worker {
     }
 
     /// Publishes an event to `rooms`: local members now, other workers through the bus.
-    pub fn publish(&self, rooms: Vec<Arc<str>>, frame: Bytes, exclude: Option<ConnRef>) {
+    pub fn publish(
+        &self,
+        rooms: Vec<Arc<str>>,
+        frame: Bytes,
+        exclude: Option<ConnRef>,
+        class: Class,
+    ) {
         let event = Arc::new(RoomEvent {
             rooms,
             frame,
             exclude,
+            class,
         });
         self.deliver(&event);
         if self.shared.workers() > 1 {
@@ -286,7 +361,9 @@ impl Worker {
         let mut scratch = self.scratch.borrow_mut();
         rooms.for_each_member(&event.rooms, exclude, &mut scratch, |slot| {
             if let Some(c) = conns.get(slot) {
-                c.outbox.push(&event.frame);
+                if c.outbox.push_class(&event.frame, event.class) == Pushed::Overflow {
+                    tracing::warn!(user_id = %c.session.borrow().user().id, "Slow consumer closed");
+                }
             }
         });
     }
@@ -320,7 +397,7 @@ impl Worker {
             }
             .to_frame();
             tracing::debug!(user_id = %user, online = opened, "Presence changed");
-            self.publish(chats, frame, None);
+            self.publish(chats, frame, None, Class::Volatile);
         }
     }
 
@@ -352,14 +429,14 @@ impl Worker {
                 }
                 .to_frame()
             };
-            self.publish(vec![chat], frame, None);
+            self.publish(vec![chat], frame, None, Class::Volatile);
         }
         if heartbeat_due {
             let ping = control_frame(fastwebsockets::OpCode::Ping, b"");
             for (_, c) in self.conns.borrow().iter() {
                 match c.session.borrow().heartbeat(now) {
                     Heartbeat::Ping => {
-                        c.outbox.push(&ping);
+                        c.outbox.push_class(&ping, Class::Volatile);
                     }
                     Heartbeat::Expire => {
                         tracing::info!(user_id = %c.session.borrow().user().id, "Connection timed out");

@@ -24,6 +24,9 @@ pub enum ErrorCode {
     ValidationError,
     /// The server is shutting down. Closes with 1001.
     ServerShutdown,
+    /// The connection sends faster than `RATE_LIMIT`; the message was dropped. Sustained
+    /// abuse closes with 4029.
+    RateLimited,
 }
 
 impl ErrorCode {
@@ -37,6 +40,7 @@ impl ErrorCode {
             ErrorCode::InternalError => "INTERNAL_ERROR",
             ErrorCode::ValidationError => "VALIDATION_ERROR",
             ErrorCode::ServerShutdown => "SERVER_SHUTDOWN",
+            ErrorCode::RateLimited => "RATE_LIMITED",
         }
     }
 
@@ -72,6 +76,10 @@ pub enum CloseCode {
     AuthFailed = 4001,
     /// 4008: no frame from the client for `CONNECTION_TIMEOUT`.
     IdleTimeout = 4008,
+    /// 4009: the client does not read fast enough; its queue exceeded `MAX_OUTBOX_BYTES`.
+    SlowConsumer = 4009,
+    /// 4029: the client kept sending far above `RATE_LIMIT`.
+    RateLimited = 4029,
 }
 
 impl CloseCode {
@@ -92,6 +100,8 @@ impl CloseCode {
             CloseCode::TryAgainLater => "Backend unavailable",
             CloseCode::AuthFailed => "Authentication failed",
             CloseCode::IdleTimeout => "Connection timeout",
+            CloseCode::SlowConsumer => "Slow consumer",
+            CloseCode::RateLimited => "Rate limit exceeded",
         }
     }
 }
@@ -110,6 +120,7 @@ mod tests {
             ErrorCode::InternalError,
             ErrorCode::ValidationError,
             ErrorCode::ServerShutdown,
+            ErrorCode::RateLimited,
         ] {
             let json = serde_json::to_string(&code).unwrap();
             assert_eq!(json, format!("\"{}\"", code.as_str()));

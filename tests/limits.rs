@@ -1,0 +1,120 @@
+//! Limits and abuse: slow consumers (MAX_OUTBOX_BYTES), the per-connection rate limit and the
+//! per-address connection cap, against the real binary over loopback.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::*;
+
+struct Pair {
+    store: TestStore,
+    alice: String,
+    bob: String,
+}
+
+fn pair() -> Pair {
+    let store = TestStore::new();
+    let alice = store.add_user("alice", "Alice");
+    let bob = store.add_user("bob", "Bob");
+    store.add_chat("general", &["alice", "bob"]);
+    Pair { store, alice, bob }
+}
+
+#[test]
+fn a_client_that_stops_reading_is_cut_off_without_slowing_the_sender() {
+    let p = pair();
+    let server = ServerBuilder::new(&p.store.path)
+        .env("WORKERS", "1")
+        .env("MAX_OUTBOX_BYTES", "65536")
+        .env("RATE_LIMIT", "0")
+        .spawn();
+    // Bob connects by hand and never reads another byte.
+    let (_bob_stream, _) = raw_handshake(server.port, &format!("/?token={}", urlencode(&p.bob)));
+    let (mut alice, _) = server.connect_ok(&p.alice);
+
+    // ~12 MB for bob: far more than the kernel's socket buffers plus his 64 KiB queue.
+    let content = "x".repeat(8000);
+    let started = Instant::now();
+    for i in 0..1500 {
+        alice.send(
+            "chat:message",
+            json!({ "chatId": "general", "content": content, "clientMessageId": format!("m{i}") }),
+        );
+        let echo = alice.expect_type("chat:message");
+        assert_eq!(echo["message"]["clientMessageId"], format!("m{i}"));
+        if server
+            .logs()
+            .iter()
+            .any(|l| l.contains("Slow consumer closed"))
+        {
+            break;
+        }
+    }
+    assert!(
+        server
+            .logs()
+            .iter()
+            .any(|l| l.contains("Slow consumer closed")),
+        "bob was never cut off"
+    );
+    // The sender was served all along (each message echoed before the next was sent).
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "sender slowed: {:?}",
+        started.elapsed()
+    );
+    // And keeps being served afterwards.
+    alice.send("ping", json!({}));
+    alice.expect_type("pong");
+}
+
+#[test]
+fn messages_over_the_rate_are_refused_and_abuse_closes_4029() {
+    let p = pair();
+    let server = ServerBuilder::new(&p.store.path)
+        .env("RATE_LIMIT", "2")
+        .env("RATE_BURST", "3")
+        .spawn();
+    let (mut alice, _) = server.connect_ok(&p.alice);
+    for _ in 0..3 {
+        alice.send("ping", json!({}));
+    }
+    for _ in 0..3 {
+        alice.expect_type("pong");
+    }
+    alice.send("ping", json!({}));
+    let e = alice.expect_error("RATE_LIMITED");
+    assert_error_shape(&e);
+    // Keep hammering: after a burst's worth of refusals the connection is closed.
+    for _ in 0..4 {
+        alice.send("ping", json!({}));
+    }
+    assert_eq!(alice.expect_close(), Some(4029));
+}
+
+#[test]
+fn connections_per_address_are_capped() {
+    let p = pair();
+    let server = ServerBuilder::new(&p.store.path)
+        .env("MAX_CONNECTIONS_PER_IP", "2")
+        .spawn();
+    let (_a, _) = server.connect_ok(&p.alice);
+    let (_b, _) = server.connect_ok(&p.bob);
+    match try_connect(&server.url_with_token(&p.alice), &[]) {
+        Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status().as_u16(), 503),
+        Err(e) => panic!("expected HTTP 503, got {e:?}"),
+        Ok(_) => panic!("third connection from one address was accepted"),
+    }
+    drop(_a);
+    // The slot is released when a connection ends.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match try_connect(&server.url_with_token(&p.alice), &[]) {
+            Ok(_) => break,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => panic!("slot never released: {e:?}"),
+        }
+    }
+}
