@@ -221,6 +221,8 @@ fn serve(config: Config) -> anyhow::Result<()> {
         listening: Default::default(),
         stopping: Default::default(),
         counts: Default::default(),
+        metrics: Default::default(),
+        liveness: socket_server::systemd::Liveness::new(workers),
         config,
     });
     let handles = worker::start(shared.clone(), first)?;
@@ -232,6 +234,8 @@ fn serve(config: Config) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(2));
     }
     shutdown::install(shared.clone())?;
+    socket_server::systemd::ready();
+    socket_server::systemd::start_watchdog(shared.clone())?;
     tracing::info!(
         host = %local.ip(),
         port = local.port(),

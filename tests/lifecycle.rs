@@ -313,3 +313,71 @@ fn tokens_never_appear_in_logs() {
         }
     }
 }
+
+/// Sums every sample of `metric` whose label set contains all `labels` (e.g. `type="ping"`).
+fn metric_sum(text: &str, metric: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(metric) && l[metric.len()..].starts_with('{'))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn metrics_count_connections_messages_deliveries_and_errors() {
+    let (store, alice, bob) = two_users();
+    let server = Server::start(&store.path);
+    let (mut a, _) = server.connect_ok(&alice);
+    let (mut b, _) = server.connect_ok(&bob);
+    a.send(
+        "chat:message",
+        json!({"chatId": "room", "content": "counted"}),
+    );
+    a.expect_type("chat:message");
+    b.expect_type("chat:message");
+    a.send("chat:message", json!({"chatId": "nope", "content": "x"}));
+    a.expect_error("NOT_PARTICIPANT");
+
+    let (status, body) = http_get(server.port, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        metric_sum(&body, "socket_server_connections", &[]),
+        2.0,
+        "{body}"
+    );
+    assert_eq!(
+        metric_sum(
+            &body,
+            "socket_server_messages_in_total",
+            &[r#"type="chat:message""#]
+        ),
+        2.0,
+        "{body}"
+    );
+    assert_eq!(
+        metric_sum(
+            &body,
+            "socket_server_deliveries_total",
+            &[r#"type="chat:message""#]
+        ),
+        2.0,
+        "{body}"
+    );
+    assert_eq!(
+        metric_sum(
+            &body,
+            "socket_server_errors_total",
+            &[r#"code="NOT_PARTICIPANT""#]
+        ),
+        1.0,
+        "{body}"
+    );
+    assert!(
+        metric_sum(
+            &body,
+            "socket_server_backend_call_seconds_count",
+            &[r#"call="create_message""#]
+        ) >= 1.0,
+        "{body}"
+    );
+}

@@ -1,5 +1,6 @@
 //! Plain-HTTP requests on the WebSocket port: `GET /healthz` (the process is alive),
-//! `GET /readyz` (every worker listens and the backend answers), and in demo mode `GET /`, a
+//! `GET /readyz` (every worker listens and the backend answers), `GET /metrics` (Prometheus,
+//! OpenMetrics text; see `crate::metrics`), and in demo mode `GET /`, a
 //! small chat page embedded in the binary. Every response closes its connection; this is not a
 //! general web server.
 
@@ -25,13 +26,22 @@ pub async fn respond(worker: &Worker, req: &Request) -> Vec<u8> {
     }
     match req.path.as_str() {
         "/healthz" => http_response(200, "OK", "application/json", br#"{"status":"ok"}"#),
+        "/metrics" => http_response(
+            200,
+            "OK",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            worker.shared.metrics.encode().as_bytes(),
+        ),
         "/readyz" => {
             let shared = &worker.shared;
             let listening = shared.listening.load(std::sync::atomic::Ordering::SeqCst);
             let stopping = shared.stopping.load(std::sync::atomic::Ordering::SeqCst);
             let backend = shared.backend.clone();
-            let probe =
-                monoio::time::timeout(PROBE_TIMEOUT, worker.backend_call(backend.probe())).await;
+            let probe = monoio::time::timeout(
+                PROBE_TIMEOUT,
+                worker.backend_call(crate::metrics::call::PROBE, backend.probe()),
+            )
+            .await;
             let backend_ok = matches!(probe, Ok(Ok(())));
             let ready = listening == shared.workers() && backend_ok && !stopping;
             let body = format!(

@@ -26,13 +26,15 @@ use monoio::net::TcpStream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::handshake::{self, Request, MAX_HEAD};
-use super::outbox::{Class, Outbox};
+use super::mailbox::EventKind;
+use super::outbox::Outbox;
 use super::reader::{finish, linger, read_loop, End, Handler, Limits};
 use super::split::{self, Input};
 use super::worker::{Conn, TaskGuard, Worker};
 use crate::backend::{BackendError, NewMessage};
 use crate::core::rate::{Admission, RateLimit};
 use crate::core::session::{Decision, Session, User};
+use crate::metrics::call;
 use crate::protocol::frame::Message;
 use crate::protocol::outbound::{error_frame, ErrorDetails, Outbound};
 use crate::protocol::{inbound, timestamp, CloseCode, Command, ErrorCode};
@@ -45,6 +47,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
         Ok(guard) => guard,
         Err(refused) => {
             tracing::warn!(reason = %refused, "Connection refused");
+            worker.shared.metrics.refused(&refused.to_string());
             if let Ok(mut s) = stream.try_into_poll_io() {
                 let body = refused.to_string();
                 let response = handshake::http_response(
@@ -141,6 +144,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
 
     let Some(token) = upgrade.token else {
         reject(
+            &worker,
             &outbox,
             BackendError::TokenRejected("Missing token".into()),
             &req,
@@ -150,7 +154,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
     };
     let backend = worker.shared.backend.clone();
     let started = Instant::now();
-    let auth = worker.backend_call(async {
+    let auth = worker.backend_call(call::AUTHENTICATE, async {
         let profile = backend.authenticate(&token).await?;
         let chats = backend.chats(&token).await?;
         Ok::<_, BackendError>((profile, chats))
@@ -158,12 +162,12 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
     let (profile, chats) = match monoio::time::timeout(worker.config().auth_timeout(), auth).await {
         Ok(Ok(found)) => found,
         Ok(Err(e)) => {
-            reject(&outbox, e, &req);
+            reject(&worker, &outbox, e, &req);
             linger(&mut input, &outbox).await;
             return;
         }
         Err(_) => {
-            reject(&outbox, BackendError::UpstreamTimeout, &req);
+            reject(&worker, &outbox, BackendError::UpstreamTimeout, &req);
             linger(&mut input, &outbox).await;
             return;
         }
@@ -277,13 +281,14 @@ async fn steady(
 }
 
 /// Answers a failed authentication: the error, then the close code for it.
-fn reject(outbox: &Outbox, e: BackendError, req: &Request) {
+fn reject(worker: &Worker, outbox: &Outbox, e: BackendError, req: &Request) {
     let (code, close) = match e.code() {
         ErrorCode::HttpError => (ErrorCode::HttpError, CloseCode::TryAgainLater),
         ErrorCode::InternalError => (ErrorCode::InternalError, CloseCode::InternalError),
         _ => (ErrorCode::AuthFailed, CloseCode::AuthFailed),
     };
     tracing::warn!(path = %req.path, reason = %e, code = code.as_str(), "Authentication failed");
+    worker.shared.metrics.error(code);
     let details = ErrorDetails { status: e.status() };
     let message = e.client_message();
     outbox.push(
@@ -320,6 +325,7 @@ impl Handler for Chat<'_> {
             Admission::Allowed => {}
             Admission::Rejected => {
                 return send_error(
+                    self.worker,
                     &self.conn.outbox,
                     ErrorCode::RateLimited,
                     "Too many messages; slow down",
@@ -329,6 +335,7 @@ impl Handler for Chat<'_> {
             Admission::Abusive => {
                 tracing::warn!(user_id = %self.conn.session.borrow().user().id, "Rate limit abuse, closing");
                 send_error(
+                    self.worker,
                     &self.conn.outbox,
                     ErrorCode::RateLimited,
                     "Too many messages",
@@ -339,14 +346,36 @@ impl Handler for Chat<'_> {
             }
         }
         let mut payload = message.payload;
-        match inbound::parse(&mut payload) {
+        let parsed = inbound::parse(&mut payload);
+        let kind = match &parsed {
+            Ok(Command::SendMessage { .. }) => 0,
+            Ok(Command::MarkRead { .. }) => 1,
+            Ok(Command::Typing { .. }) => 2,
+            Ok(Command::Ping) => 3,
+            Err(_) => 4,
+        };
+        self.worker.metrics.messages_in[kind].inc();
+        match parsed {
             Ok(cmd) => handle(self.worker, self.conn, self.slot, self.token, cmd, now).await,
-            Err(e) => send_error(&self.conn.outbox, e.code(), &e.to_string(), None),
+            Err(e) => send_error(
+                self.worker,
+                &self.conn.outbox,
+                e.code(),
+                &e.to_string(),
+                None,
+            ),
         }
     }
 }
 
-fn send_error(outbox: &Outbox, code: ErrorCode, message: &str, status: Option<u16>) {
+fn send_error(
+    worker: &Worker,
+    outbox: &Outbox,
+    code: ErrorCode,
+    message: &str,
+    status: Option<u16>,
+) {
+    worker.shared.metrics.error(code);
     let details = ErrorDetails { status };
     outbox.push(
         &Outbound::Error {
@@ -358,8 +387,8 @@ fn send_error(outbox: &Outbox, code: ErrorCode, message: &str, status: Option<u1
     );
 }
 
-fn backend_error(outbox: &Outbox, e: &BackendError) {
-    send_error(outbox, e.code(), &e.client_message(), e.status());
+fn backend_error(worker: &Worker, outbox: &Outbox, e: &BackendError) {
+    send_error(worker, outbox, e.code(), &e.client_message(), e.status());
 }
 
 async fn handle(
@@ -375,6 +404,7 @@ async fn handle(
         Decision::Execute(cmd) => cmd,
         Decision::NotParticipant(_) => {
             return send_error(
+                worker,
                 &conn.outbox,
                 ErrorCode::NotParticipant,
                 "Not a participant of this chat",
@@ -383,7 +413,7 @@ async fn handle(
         }
         Decision::Refetch(cmd) => {
             let backend = worker.shared.backend.clone();
-            match worker.backend_call(backend.chats(token)).await {
+            match worker.backend_call(call::CHATS, backend.chats(token)).await {
                 Ok(chats) => {
                     let chats = chats.into_iter().map(Arc::from).collect();
                     let change = conn.session.borrow_mut().refetched(chats);
@@ -392,6 +422,7 @@ async fn handle(
                         Decision::Execute(cmd) => cmd,
                         _ => {
                             return send_error(
+                                worker,
                                 &conn.outbox,
                                 ErrorCode::NotParticipant,
                                 "Not a participant of this chat",
@@ -400,7 +431,7 @@ async fn handle(
                         }
                     }
                 }
-                Err(e) => return backend_error(&conn.outbox, &e),
+                Err(e) => return backend_error(worker, &conn.outbox, &e),
             }
         }
     };
@@ -425,7 +456,7 @@ async fn handle(
             };
             let backend = worker.shared.backend.clone();
             match worker
-                .backend_call(backend.create_message(token, new))
+                .backend_call(call::CREATE_MESSAGE, backend.create_message(token, new))
                 .await
             {
                 Ok(m) => {
@@ -436,9 +467,9 @@ async fn handle(
                     }
                     .to_frame();
                     let room = chat_arc(conn, &m.chat_id);
-                    worker.publish(vec![room], frame, None, Class::Reliable);
+                    worker.publish(vec![room], frame, None, EventKind::Message);
                 }
-                Err(e) => backend_error(&conn.outbox, &e),
+                Err(e) => backend_error(worker, &conn.outbox, &e),
             }
         }
         Command::MarkRead {
@@ -447,7 +478,10 @@ async fn handle(
         } => {
             let backend = worker.shared.backend.clone();
             match worker
-                .backend_call(backend.mark_read(token, &chat_id, &message_id))
+                .backend_call(
+                    call::MARK_READ,
+                    backend.mark_read(token, &chat_id, &message_id),
+                )
                 .await
             {
                 Ok(read_at) => {
@@ -460,9 +494,9 @@ async fn handle(
                         read_at: &read_at,
                     }
                     .to_frame();
-                    worker.publish(vec![chat_arc(conn, &chat_id)], frame, None, Class::Reliable);
+                    worker.publish(vec![chat_arc(conn, &chat_id)], frame, None, EventKind::Read);
                 }
-                Err(e) => backend_error(&conn.outbox, &e),
+                Err(e) => backend_error(worker, &conn.outbox, &e),
             }
         }
         Command::Typing { chat_id, is_typing } => {
@@ -476,7 +510,12 @@ async fn handle(
                 is_typing,
             }
             .to_frame();
-            worker.publish(vec![room], frame, Some((worker.id, slot)), Class::Volatile);
+            worker.publish(
+                vec![room],
+                frame,
+                Some((worker.id, slot)),
+                EventKind::Typing,
+            );
         }
     }
 }

@@ -31,8 +31,31 @@ pub struct RoomEvent {
     pub frame: Bytes,
     /// A connection that must not receive it (the sender of a typing event).
     pub exclude: Option<ConnRef>,
-    /// Whether it may be dropped for a client that is behind.
-    pub class: Class,
+    /// What it is (decides whether it may be dropped for a client that is behind).
+    pub kind: EventKind,
+}
+
+/// The kinds of room events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// `chat:message`.
+    Message = 0,
+    /// `chat:read`.
+    Read = 1,
+    /// `chat:typing`.
+    Typing = 2,
+    /// `user:online`.
+    Presence = 3,
+}
+
+impl EventKind {
+    /// Messages and receipts must arrive; typing and presence may be dropped.
+    pub fn class(self) -> Class {
+        match self {
+            EventKind::Message | EventKind::Read => Class::Reliable,
+            EventKind::Typing | EventKind::Presence => Class::Volatile,
+        }
+    }
 }
 
 /// What workers send each other.

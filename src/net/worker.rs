@@ -26,7 +26,7 @@ use monoio::net::{ListenerOpts, TcpListener};
 use slab::Slab;
 
 use super::connection;
-use super::mailbox::{Bus, ConnRef, Envelope, Mailbox, RoomEvent};
+use super::mailbox::{Bus, ConnRef, Envelope, EventKind, Mailbox, RoomEvent};
 use super::outbox::{Class, Outbox, Pushed};
 use crate::backend::Backend;
 use crate::config::Config;
@@ -34,9 +34,11 @@ use crate::core::presence::{owner_of, Presence};
 use crate::core::room::Rooms;
 use crate::core::session::{Heartbeat, Session};
 use crate::core::typing::Typing;
+use crate::metrics::{Metrics, WorkerMetrics};
 use crate::protocol::frame::control_frame;
 use crate::protocol::outbound::error_frame;
 use crate::protocol::{CloseCode, ErrorCode, Outbound};
+use crate::systemd::Liveness;
 
 /// Longest pause of the ticker; bounds how late a typing expiry or heartbeat can fire.
 const MAX_TICK: Duration = Duration::from_millis(100);
@@ -63,6 +65,10 @@ pub struct Shared {
     pub stopping: AtomicBool,
     /// Open connections, for `MAX_CONNECTIONS` and `MAX_CONNECTIONS_PER_IP`.
     pub counts: ConnectionCounts,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+    /// When each worker's loop last ran (for the systemd watchdog).
+    pub liveness: Liveness,
 }
 
 /// Process-wide connection counts. Touched on connect and disconnect only, never per message.
@@ -88,6 +94,7 @@ impl Shared {
     /// Starts the drain on every worker.
     pub fn shutdown(&self) {
         if !self.stopping.swap(true, Ordering::SeqCst) {
+            crate::systemd::stopping();
             for mb in &self.mailboxes {
                 mb.post(Envelope::Shutdown);
             }
@@ -155,6 +162,8 @@ pub struct Worker {
     pub stop: Signal,
     inflight: Cell<usize>,
     tasks: Cell<usize>,
+    /// This worker's metric handles.
+    pub metrics: WorkerMetrics,
 }
 
 /// Counts a live connection task for the drain; decrements when dropped.
@@ -201,6 +210,7 @@ impl Worker {
         let typing = Typing::new(shared.config.typing_timeout());
         Self {
             id,
+            metrics: shared.metrics.for_worker(id),
             shared,
             conns: RefCell::new(Slab::new()),
             rooms: RefCell::default(),
@@ -256,10 +266,13 @@ impl Worker {
         })
     }
 
-    /// Runs a backend call, counted as in flight so the drain can wait for it.
-    pub async fn backend_call<T>(&self, f: impl std::future::Future<Output = T>) -> T {
+    /// Runs a backend call (`call` indexes [`crate::metrics::CALLS`]), timed, and counted as
+    /// in flight so the drain can wait for it.
+    pub async fn backend_call<T>(&self, call: usize, f: impl std::future::Future<Output = T>) -> T {
         self.inflight.set(self.inflight.get() + 1);
+        let started = Instant::now();
         let out = f.await;
+        self.metrics.backend[call].observe(started.elapsed().as_secs_f64());
         self.inflight.set(self.inflight.get() - 1);
         out
     }
@@ -271,6 +284,7 @@ impl Worker {
             (s.user().id.clone(), s.chats().to_vec())
         };
         let slot = self.conns.borrow_mut().insert(conn);
+        self.metrics.connections.inc();
         {
             let mut rooms = self.rooms.borrow_mut();
             for chat in &chats {
@@ -286,6 +300,7 @@ impl Worker {
         let Some(conn) = self.conns.borrow_mut().try_remove(slot) else {
             return;
         };
+        self.metrics.connections.dec();
         let session = conn.session.borrow();
         {
             let mut rooms = self.rooms.borrow_mut();
@@ -304,7 +319,7 @@ impl Worker {
                     is_typing: false,
                 }
                 .to_frame();
-                self.publish(vec![chat.clone()], frame, None, Class::Volatile);
+                self.publish(vec![chat.clone()], frame, None, EventKind::Typing);
             }
         }
         if !self.draining() {
@@ -340,13 +355,13 @@ impl Worker {
         rooms: Vec<Arc<str>>,
         frame: Bytes,
         exclude: Option<ConnRef>,
-        class: Class,
+        kind: EventKind,
     ) {
         let event = Arc::new(RoomEvent {
             rooms,
             frame,
             exclude,
-            class,
+            kind,
         });
         self.deliver(&event);
         if self.shared.workers() > 1 {
@@ -356,16 +371,26 @@ impl Worker {
 
     fn deliver(&self, event: &RoomEvent) {
         let exclude = event.exclude.filter(|(w, _)| *w == self.id).map(|(_, s)| s);
+        let class = event.kind.class();
         let conns = self.conns.borrow();
         let rooms = self.rooms.borrow();
         let mut scratch = self.scratch.borrow_mut();
+        let (mut queued, mut dropped) = (0u64, 0u64);
         rooms.for_each_member(&event.rooms, exclude, &mut scratch, |slot| {
-            if let Some(c) = conns.get(slot) {
-                if c.outbox.push_class(&event.frame, event.class) == Pushed::Overflow {
+            let Some(c) = conns.get(slot) else { return };
+            match c.outbox.push_class(&event.frame, class) {
+                Pushed::Queued => queued += 1,
+                Pushed::Dropped => dropped += 1,
+                Pushed::Overflow => {
+                    self.metrics.slow_consumers.inc();
                     tracing::warn!(user_id = %c.session.borrow().user().id, "Slow consumer closed");
                 }
             }
         });
+        self.metrics.deliveries[event.kind as usize].inc_by(queued);
+        if dropped > 0 {
+            self.metrics.dropped.inc_by(dropped);
+        }
     }
 
     fn presence_change(&self, user: Arc<str>, chats: Vec<Arc<str>>, opened: bool) {
@@ -397,7 +422,7 @@ impl Worker {
             }
             .to_frame();
             tracing::debug!(user_id = %user, online = opened, "Presence changed");
-            self.publish(chats, frame, None, Class::Volatile);
+            self.publish(chats, frame, None, EventKind::Presence);
         }
     }
 
@@ -429,7 +454,7 @@ impl Worker {
                 }
                 .to_frame()
             };
-            self.publish(vec![chat], frame, None, Class::Volatile);
+            self.publish(vec![chat], frame, None, EventKind::Typing);
         }
         if heartbeat_due {
             let ping = control_frame(fastwebsockets::OpCode::Ping, b"");
@@ -485,8 +510,13 @@ async fn ticker(worker: Rc<Worker>) {
         .min(cfg.heartbeat_interval() / 4)
         .clamp(MIN_TICK, MAX_TICK);
     let mut next_heartbeat = Instant::now() + cfg.heartbeat_interval();
-    while !worker.draining() {
+    // Runs until the runtime ends (through the drain too, so the watchdog sees it alive).
+    loop {
+        worker.shared.liveness.tick(worker.id);
         monoio::time::sleep(tick).await;
+        if worker.draining() {
+            continue;
+        }
         let now = Instant::now();
         let due = now >= next_heartbeat;
         if due {

@@ -1,0 +1,277 @@
+//! Prometheus metrics, served as OpenMetrics text at `GET /metrics`.
+//!
+//! Every hot-path metric is labelled by worker, and each worker holds its own handles
+//! ([`WorkerMetrics`]), so an increment touches only that worker's atomic: no cache line is
+//! shared between workers on the message path. The registry is read only when scraped.
+//!
+//! | metric | labels | meaning |
+//! |---|---|---|
+//! | `socket_server_connections` | worker | authenticated connections open |
+//! | `socket_server_messages_in_total` | worker, type | client messages by type (`invalid` if unparseable) |
+//! | `socket_server_deliveries_total` | worker, type | frames queued to connections, by event type |
+//! | `socket_server_dropped_total` | worker | volatile frames dropped for clients that are behind |
+//! | `socket_server_slow_consumer_closes_total` | worker | connections closed with 4009 |
+//! | `socket_server_errors_total` | code | error frames sent, by wire code |
+//! | `socket_server_backend_call_seconds` | worker, call | backend call latency histogram |
+//! | `socket_server_connections_refused_total` | reason | connections refused by the caps |
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::protocol::ErrorCode;
+
+/// Client message types counted in `messages_in`.
+pub const MESSAGE_TYPES: [&str; 5] = [
+    "chat:message",
+    "chat:read",
+    "chat:typing",
+    "ping",
+    "invalid",
+];
+/// Event types counted in `deliveries`.
+pub const EVENT_TYPES: [&str; 4] = ["chat:message", "chat:read", "chat:typing", "user:online"];
+/// Backend calls timed in `backend_call_seconds`.
+pub const CALLS: [&str; 5] = [
+    "authenticate",
+    "chats",
+    "create_message",
+    "mark_read",
+    "probe",
+];
+
+/// Indices into [`CALLS`].
+pub mod call {
+    /// Authentication (profile + chats) at connect.
+    pub const AUTHENTICATE: usize = 0;
+    /// A re-fetch of the chat list.
+    pub const CHATS: usize = 1;
+    /// Persisting a message.
+    pub const CREATE_MESSAGE: usize = 2;
+    /// Recording a read receipt.
+    pub const MARK_READ: usize = 3;
+    /// The readiness probe.
+    pub const PROBE: usize = 4;
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerLabel {
+    worker: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerType {
+    worker: String,
+    r#type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerCall {
+    worker: String,
+    call: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabel {
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs … ~13 s.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 19))
+}
+
+/// The process's metrics.
+pub struct Metrics {
+    registry: Registry,
+    connections: Family<WorkerLabel, Gauge>,
+    messages_in: Family<WorkerType, Counter>,
+    deliveries: Family<WorkerType, Counter>,
+    dropped: Family<WorkerLabel, Counter>,
+    slow_consumers: Family<WorkerLabel, Counter>,
+    errors: Family<CodeLabel, Counter>,
+    backend: Family<WorkerCall, Histogram, fn() -> Histogram>,
+    refused: Family<ReasonLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("socket_server");
+        let m = Self {
+            connections: Family::default(),
+            messages_in: Family::default(),
+            deliveries: Family::default(),
+            dropped: Family::default(),
+            slow_consumers: Family::default(),
+            errors: Family::default(),
+            backend: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            refused: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "connections",
+            "Authenticated connections open",
+            m.connections.clone(),
+        );
+        registry.register(
+            "messages_in",
+            "Client messages received, by type",
+            m.messages_in.clone(),
+        );
+        registry.register(
+            "deliveries",
+            "Frames queued to connections, by event type",
+            m.deliveries.clone(),
+        );
+        registry.register(
+            "dropped",
+            "Volatile frames dropped for clients that are behind",
+            m.dropped.clone(),
+        );
+        registry.register(
+            "slow_consumer_closes",
+            "Connections closed as slow consumers (4009)",
+            m.slow_consumers.clone(),
+        );
+        registry.register("errors", "Error frames sent, by code", m.errors.clone());
+        registry.register(
+            "backend_call_seconds",
+            "Backend call latency",
+            m.backend.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections refused by the caps",
+            m.refused.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    /// The handles one worker increments.
+    pub fn for_worker(&self, worker: usize) -> WorkerMetrics {
+        let w = worker.to_string();
+        let typed = |f: &Family<WorkerType, Counter>, t: &str| {
+            f.get_or_create(&WorkerType {
+                worker: w.clone(),
+                r#type: t.to_string(),
+            })
+            .clone()
+        };
+        WorkerMetrics {
+            connections: self
+                .connections
+                .get_or_create(&WorkerLabel { worker: w.clone() })
+                .clone(),
+            messages_in: MESSAGE_TYPES.map(|t| typed(&self.messages_in, t)),
+            deliveries: EVENT_TYPES.map(|t| typed(&self.deliveries, t)),
+            dropped: self
+                .dropped
+                .get_or_create(&WorkerLabel { worker: w.clone() })
+                .clone(),
+            slow_consumers: self
+                .slow_consumers
+                .get_or_create(&WorkerLabel { worker: w.clone() })
+                .clone(),
+            backend: CALLS.map(|c| {
+                self.backend
+                    .get_or_create(&WorkerCall {
+                        worker: w.clone(),
+                        call: c.to_string(),
+                    })
+                    .clone()
+            }),
+        }
+    }
+
+    /// Counts an error frame sent with `code`.
+    pub fn error(&self, code: ErrorCode) {
+        self.errors
+            .get_or_create(&CodeLabel {
+                code: code.as_str().to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts a refused connection.
+    pub fn refused(&self, reason: &str) {
+        self.refused
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// One worker's metric handles (each an atomic of its own).
+#[derive(Clone)]
+pub struct WorkerMetrics {
+    /// Open authenticated connections.
+    pub connections: Gauge,
+    /// Indexed like [`MESSAGE_TYPES`].
+    pub messages_in: [Counter; 5],
+    /// Indexed like [`EVENT_TYPES`].
+    pub deliveries: [Counter; 4],
+    /// Volatile frames dropped.
+    pub dropped: Counter,
+    /// Slow-consumer closes.
+    pub slow_consumers: Counter,
+    /// Indexed like [`CALLS`].
+    pub backend: [Histogram; 5],
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_handles_feed_the_exposition() {
+        let m = Metrics::new();
+        let w = m.for_worker(1);
+        w.messages_in[0].inc_by(3);
+        w.deliveries[0].inc_by(7);
+        w.backend[2].observe(0.002);
+        m.error(ErrorCode::NotParticipant);
+        let text = m.encode();
+        assert!(
+            text.contains(r#"socket_server_messages_in_total{worker="1",type="chat:message"} 3"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"socket_server_deliveries_total{worker="1",type="chat:message"} 7"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"socket_server_errors_total{code="NOT_PARTICIPANT"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"socket_server_backend_call_seconds_count{worker="1",call="create_message"} 1"#
+            ),
+            "{text}"
+        );
+    }
+}
