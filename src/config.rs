@@ -49,6 +49,12 @@ pub const DEFAULT_MAX_OUTBOX_BYTES: usize = 1 << 20;
 pub const DEFAULT_RATE_LIMIT: u32 = 50;
 /// Default burst of client messages allowed above the rate.
 pub const DEFAULT_RATE_BURST: u32 = 100;
+/// Default retries of a failed REST call (idempotent calls, and POSTs with an idempotency key).
+pub const DEFAULT_BACKEND_RETRIES: u32 = 2;
+/// Default consecutive REST failures that open the circuit breaker.
+pub const DEFAULT_BREAKER_THRESHOLD: u32 = 5;
+/// Default time the breaker stays open before probing, in milliseconds.
+pub const DEFAULT_BREAKER_COOLDOWN_MS: u64 = 5_000;
 /// Default cap on open connections per process.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
 
@@ -113,6 +119,28 @@ pub struct Config {
     /// Timeout of one backend call, in milliseconds. Env `BACKEND_TIMEOUT`. Default 5000.
     #[arg(long, env = "BACKEND_TIMEOUT", default_value_t = DEFAULT_BACKEND_TIMEOUT_MS)]
     pub backend_timeout_ms: u64,
+
+    /// Retries of a REST call that failed with a timeout, a connection error or a 5xx (GETs,
+    /// the read PUT, and message POSTs, which carry an `Idempotency-Key`). Env
+    /// `BACKEND_RETRIES`. Default 2.
+    #[arg(long, env = "BACKEND_RETRIES", default_value_t = DEFAULT_BACKEND_RETRIES)]
+    pub backend_retries: u32,
+
+    /// Consecutive REST failures that open the circuit breaker (calls then fail fast with
+    /// `HTTP_ERROR` until a probe succeeds). 0 disables. Env `BREAKER_THRESHOLD`. Default 5.
+    #[arg(long, env = "BREAKER_THRESHOLD", default_value_t = DEFAULT_BREAKER_THRESHOLD)]
+    pub breaker_threshold: u32,
+
+    /// How long the breaker stays open before one probe call, in milliseconds. Env
+    /// `BREAKER_COOLDOWN`. Default 5000.
+    #[arg(long, env = "BREAKER_COOLDOWN", default_value_t = DEFAULT_BREAKER_COOLDOWN_MS)]
+    pub breaker_cooldown_ms: u64,
+
+    /// How long a successful `/auth/profile` answer is reused for the same token, in
+    /// milliseconds (a revoked token keeps working this long). 0 disables. Env
+    /// `AUTH_CACHE_TTL`. Default 0.
+    #[arg(long, env = "AUTH_CACHE_TTL", default_value_t = 0)]
+    pub auth_cache_ttl_ms: u64,
 
     /// Deadline for the upgrade request to arrive and for authentication, in milliseconds.
     /// Env `AUTH_TIMEOUT`. Default 10000.
@@ -249,6 +277,9 @@ impl Config {
         if self.backend_timeout_ms == 0 {
             return Err(bad("BACKEND_TIMEOUT", "must be at least 1 ms"));
         }
+        if self.backend_retries > 10 {
+            return Err(bad("BACKEND_RETRIES", "must be at most 10"));
+        }
         if self.auth_timeout_ms == 0 {
             return Err(bad("AUTH_TIMEOUT", "must be at least 1 ms"));
         }
@@ -319,6 +350,14 @@ impl Config {
     /// `BACKEND_TIMEOUT` as a duration.
     pub fn backend_timeout(&self) -> Duration {
         Duration::from_millis(self.backend_timeout_ms)
+    }
+    /// `BREAKER_COOLDOWN` as a duration.
+    pub fn breaker_cooldown(&self) -> Duration {
+        Duration::from_millis(self.breaker_cooldown_ms)
+    }
+    /// `AUTH_CACHE_TTL` as a duration.
+    pub fn auth_cache_ttl(&self) -> Duration {
+        Duration::from_millis(self.auth_cache_ttl_ms)
     }
     /// `AUTH_TIMEOUT` as a duration.
     pub fn auth_timeout(&self) -> Duration {

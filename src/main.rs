@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use socket_server::backend::fixture::Fixture;
-use socket_server::backend::rest::RestBackend;
+use socket_server::backend::rest::{RestBackend, RestOptions};
 use socket_server::backend::store::{Admin, Store, DEMO_CHAT, DEMO_USERS};
 use socket_server::backend::Backend;
 use socket_server::config::Config;
+use socket_server::metrics::Metrics;
 use socket_server::net::mailbox::{Mailbox, Mailboxes};
 use socket_server::net::worker::{self, Shared};
 use socket_server::{shutdown, telemetry};
@@ -174,13 +175,21 @@ fn chat(config: &Config, cmd: ChatCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn backend(config: &Config) -> anyhow::Result<Arc<dyn Backend>> {
+fn backend(config: &Config, metrics: &Metrics) -> anyhow::Result<Arc<dyn Backend>> {
     if let Some(url) = &config.http_api_url {
         tracing::info!(url = %url, pool = config.backend_pool_size, "Using the REST API backend");
+        let opts = RestOptions {
+            threads: config.backend_pool_size,
+            timeout: config.backend_timeout(),
+            retries: config.backend_retries,
+            breaker_threshold: config.breaker_threshold,
+            breaker_cooldown: config.breaker_cooldown(),
+            auth_cache_ttl: config.auth_cache_ttl(),
+        };
         return Ok(Arc::new(RestBackend::new(
             url,
-            config.backend_pool_size,
-            config.backend_timeout(),
+            &opts,
+            metrics.rest_hooks(),
         )?));
     }
     if let Some(size) = config.fixture_size()? {
@@ -207,7 +216,8 @@ fn backend(config: &Config) -> anyhow::Result<Arc<dyn Backend>> {
 fn serve(config: Config) -> anyhow::Result<()> {
     config.validate()?;
     telemetry::init(&config.log_level);
-    let backend = backend(&config)?;
+    let metrics = Metrics::new();
+    let backend = backend(&config, &metrics)?;
     let addr = std::net::SocketAddr::new(config.host, config.ws_port);
     let first = worker::bind_first(addr).with_context(|| format!("binding {addr}"))?;
     let local = first.local_addr()?;
@@ -221,7 +231,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         listening: Default::default(),
         stopping: Default::default(),
         counts: Default::default(),
-        metrics: Default::default(),
+        metrics,
         liveness: socket_server::systemd::Liveness::new(workers),
         config,
     });

@@ -14,6 +14,8 @@
 //! | `socket_server_errors_total` | code | error frames sent, by wire code |
 //! | `socket_server_backend_call_seconds` | worker, call | backend call latency histogram |
 //! | `socket_server_connections_refused_total` | reason | connections refused by the caps |
+//! | `socket_server_auth_cache_hits_total` | | authentications answered from the cache |
+//! | `socket_server_breaker_state` | | REST circuit breaker: 0 closed, 1 open, 2 half-open |
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -100,6 +102,17 @@ pub struct Metrics {
     errors: Family<CodeLabel, Counter>,
     backend: Family<WorkerCall, Histogram, fn() -> Histogram>,
     refused: Family<ReasonLabel, Counter>,
+    auth_cache_hits: Counter,
+    breaker_state: Gauge,
+}
+
+/// Handles the REST backend updates.
+#[derive(Clone, Default)]
+pub struct RestHooks {
+    /// `/auth/profile` answers served from the cache.
+    pub auth_cache_hits: Counter,
+    /// 0 closed, 1 open, 2 half-open.
+    pub breaker_state: Gauge,
 }
 
 impl Default for Metrics {
@@ -121,6 +134,8 @@ impl Metrics {
             errors: Family::default(),
             backend: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             refused: Family::default(),
+            auth_cache_hits: Counter::default(),
+            breaker_state: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -159,6 +174,16 @@ impl Metrics {
             "Connections refused by the caps",
             m.refused.clone(),
         );
+        registry.register(
+            "auth_cache_hits",
+            "Authentications answered from the profile cache",
+            m.auth_cache_hits.clone(),
+        );
+        registry.register(
+            "breaker_state",
+            "REST circuit breaker: 0 closed, 1 open, 2 half-open",
+            m.breaker_state.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -195,6 +220,14 @@ impl Metrics {
                     })
                     .clone()
             }),
+        }
+    }
+
+    /// The handles the REST backend updates.
+    pub fn rest_hooks(&self) -> RestHooks {
+        RestHooks {
+            auth_cache_hits: self.auth_cache_hits.clone(),
+            breaker_state: self.breaker_state.clone(),
         }
     }
 

@@ -318,11 +318,15 @@ fn api_world() -> FakeApi {
     api
 }
 
+/// A gateway on the fake API with retries and the breaker off, so each test sees exactly one
+/// call per request (tests/upstream_faults.rs covers retries and the breaker).
 fn start_gateway(api_url: &str) -> (TestStore, Server) {
     let store = TestStore::new();
     let server = ServerBuilder::new(&store.path)
         .env("HTTP_API_URL", api_url)
         .env("BACKEND_TIMEOUT", "500")
+        .env("BACKEND_RETRIES", "0")
+        .env("BREAKER_THRESHOLD", "0")
         .spawn();
     (store, server)
 }

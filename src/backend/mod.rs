@@ -11,6 +11,7 @@
 //! Guarantee: a reply of `Ok` for `create_message`/`mark_read` means the write is durable in the
 //! backend (the store replies only after its transaction commits).
 
+pub mod breaker;
 pub mod fixture;
 pub mod pool;
 pub mod rest;

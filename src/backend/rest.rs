@@ -13,50 +13,145 @@
 //! `error`/`message` text when its body has one. Path segments are percent-encoded, so a chat id
 //! from a client can never change the path. Calls run on a [`Pool`] of threads sharing one
 //! keep-alive [`ureq::Agent`], with a per-call timeout; the worker that asked awaits the reply.
+//!
+//! Upstream faults: a call that times out, cannot connect or gets a 5xx is retried up to
+//! `BACKEND_RETRIES` times with backoff — GETs and the read PUT because they are idempotent,
+//! and message POSTs because every POST carries an `Idempotency-Key` (`<senderId>:<the
+//! client's clientMessageId>`, or a generated UUID), the same on every attempt, so an API that
+//! honours the header never stores a message twice. Consecutive failures open a circuit
+//! [`Breaker`] (calls then fail fast with `HTTP_ERROR`) which probes the API back. Successful
+//! `/auth/profile` answers may be cached for `AUTH_CACHE_TTL` so a reconnect storm does not
+//! stampede the API.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::Deserialize;
 
+use super::breaker::{Breaker, State};
 use super::pool::Pool;
+use super::store::hash_token;
 use super::{Backend, BackendError, BackendResult, NewMessage, Profile, Reply};
+use crate::metrics::RestHooks;
 use crate::protocol::{timestamp, ChatMessage};
 
 /// Characters left as they are in a path segment: RFC 3986 unreserved minus `.`, so that no
 /// id can become a `.` or `..` segment.
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'~');
 
+/// Most cached profiles; a full cache drops expired entries, then everything.
+const AUTH_CACHE_MAX: usize = 100_000;
+/// First retry backoff; each further retry waits four times longer.
+const RETRY_BACKOFF: Duration = Duration::from_millis(50);
+
+/// How the REST client behaves under faults.
+#[derive(Debug, Clone)]
+pub struct RestOptions {
+    /// Blocking threads making calls.
+    pub threads: usize,
+    /// Per-attempt timeout.
+    pub timeout: Duration,
+    /// Retries after a failed attempt.
+    pub retries: u32,
+    /// Consecutive failures that open the breaker (0: never).
+    pub breaker_threshold: u32,
+    /// How long the breaker stays open.
+    pub breaker_cooldown: Duration,
+    /// Lifetime of a cached profile (zero: no cache).
+    pub auth_cache_ttl: Duration,
+}
+
+struct Guard {
+    retries: u32,
+    breaker: Mutex<Breaker>,
+    hooks: RestHooks,
+}
+
+impl Guard {
+    /// Runs `attempt` under the breaker, retrying failures.
+    fn call<T>(&self, attempt: impl Fn() -> BackendResult<T>) -> BackendResult<T> {
+        let mut tries = 0;
+        loop {
+            let allowed = self.lock().allow(Instant::now());
+            if !allowed {
+                self.publish_state();
+                return Err(BackendError::UpstreamUnavailable("circuit open".into()));
+            }
+            let result = attempt();
+            let failed = is_failure(&result);
+            self.lock().record(!failed, Instant::now());
+            self.publish_state();
+            if !failed || tries >= self.retries {
+                return result;
+            }
+            std::thread::sleep(RETRY_BACKOFF * 4u32.pow(tries));
+            tries += 1;
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Breaker> {
+        self.breaker.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn publish_state(&self) {
+        let state: State = self.lock().state();
+        self.hooks.breaker_state.set(state as i64);
+    }
+}
+
+/// A failure of the API itself (worth a retry, counted by the breaker), not an answer.
+fn is_failure<T>(r: &BackendResult<T>) -> bool {
+    matches!(
+        r,
+        Err(BackendError::UpstreamTimeout | BackendError::UpstreamUnavailable(_))
+    ) || matches!(r, Err(BackendError::UpstreamStatus { status, .. }) if *status >= 500)
+}
+
+type ProfileCache = Mutex<HashMap<String, (Profile, Instant)>>;
+
 /// The REST API client.
 pub struct RestBackend {
     base: String,
     pool: Pool<ureq::Agent>,
+    guard: Arc<Guard>,
+    cache_ttl: Duration,
+    cache: Arc<ProfileCache>,
 }
 
 impl RestBackend {
-    /// A client of the API at `base` (no trailing slash needed) with `threads` blocking threads
-    /// and a per-call `timeout`.
-    pub fn new(base: &str, threads: usize, timeout: Duration) -> std::io::Result<Self> {
+    /// A client of the API at `base` (no trailing slash needed).
+    pub fn new(base: &str, opts: &RestOptions, hooks: RestHooks) -> std::io::Result<Self> {
         let agent = ureq::AgentBuilder::new()
-            .timeout(timeout)
-            .max_idle_connections_per_host(threads.max(1) * 2)
+            .timeout(opts.timeout)
+            .max_idle_connections_per_host(opts.threads.max(1) * 2)
             .build();
-        let pool = Pool::new("rest", threads, move || agent.clone())?;
+        let pool = Pool::new("rest", opts.threads, move || agent.clone())?;
+        let guard = Guard {
+            retries: opts.retries,
+            breaker: Mutex::new(Breaker::new(opts.breaker_threshold, opts.breaker_cooldown)),
+            hooks,
+        };
         Ok(Self {
             base: base.trim_end_matches('/').to_string(),
             pool,
+            guard: Arc::new(guard),
+            cache_ttl: opts.auth_cache_ttl,
+            cache: Arc::default(),
         })
     }
 
     fn run<T: Send + 'static>(
         &self,
         what: &'static str,
-        call: impl FnOnce(&ureq::Agent) -> BackendResult<T> + Send + 'static,
+        call: impl Fn(&ureq::Agent) -> BackendResult<T> + Send + 'static,
     ) -> Reply<T> {
         let (tx, reply) = Reply::channel();
+        let guard = self.guard.clone();
         let job = Box::new(move |agent: &ureq::Agent| {
             let started = Instant::now();
-            let result = call(agent);
+            let result = guard.call(|| call(agent));
             let ms = started.elapsed().as_secs_f64() * 1e3;
             match &result {
                 Ok(_) => tracing::debug!(call = what, duration_ms = ms, "HTTP API call"),
@@ -185,7 +280,18 @@ impl Backend for RestBackend {
     }
 
     fn authenticate(&self, token: &str) -> Reply<Profile> {
+        let cache_key = (!self.cache_ttl.is_zero()).then(|| hash_token(token));
+        if let Some(key) = &cache_key {
+            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((profile, expires)) = cache.get(key) {
+                if *expires > Instant::now() {
+                    self.guard.hooks.auth_cache_hits.inc();
+                    return Reply::ready(Ok(profile.clone()));
+                }
+            }
+        }
         let (url, auth) = (self.url(&["auth", "profile"]), bearer(token));
+        let (cache, ttl) = (self.cache.clone(), self.cache_ttl);
         self.run("GET /auth/profile", move |agent| {
             let resp = agent
                 .get(&url)
@@ -195,6 +301,17 @@ impl Backend for RestBackend {
             let body: ProfileBody = read_json(resp)?;
             if body.user.user_id.is_empty() {
                 return Err(BackendError::TokenRejected("Profile has no userId".into()));
+            }
+            if let Some(key) = &cache_key {
+                let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+                if cache.len() >= AUTH_CACHE_MAX {
+                    let now = Instant::now();
+                    cache.retain(|_, (_, expires)| *expires > now);
+                    if cache.len() >= AUTH_CACHE_MAX {
+                        cache.clear();
+                    }
+                }
+                cache.insert(key.clone(), (body.user.clone(), Instant::now() + ttl));
             }
             Ok(body.user)
         })
@@ -215,22 +332,28 @@ impl Backend for RestBackend {
 
     fn create_message(&self, token: &str, m: NewMessage) -> Reply<ChatMessage> {
         let (url, auth) = (self.url(&["chats", &m.chat_id, "messages"]), bearer(token));
+        // The same key on every attempt: a retry can never create a second message.
+        let key = match &m.client_message_id {
+            Some(id) => format!("{}:{id}", m.sender_id),
+            None => uuid::Uuid::new_v4().to_string(),
+        };
         self.run("POST /chats/:id/messages", move |agent| {
             let resp = agent
                 .post(&url)
                 .set("Authorization", &auth)
+                .set("Idempotency-Key", &key)
                 .send_json(serde_json::json!({ "content": m.content }))
                 .map_err(map_error)?;
             let body: MessageBody = read_json(resp)?;
             let s = body.message;
             Ok(ChatMessage {
                 id: s.id,
-                chat_id: s.chat_id.unwrap_or(m.chat_id),
-                sender_id: s.sender_id.unwrap_or(m.sender_id),
-                sender_name: s.sender_name.unwrap_or(m.sender_name),
-                content: s.content.unwrap_or(m.content),
+                chat_id: s.chat_id.unwrap_or_else(|| m.chat_id.clone()),
+                sender_id: s.sender_id.unwrap_or_else(|| m.sender_id.clone()),
+                sender_name: s.sender_name.unwrap_or_else(|| m.sender_name.clone()),
+                content: s.content.unwrap_or_else(|| m.content.clone()),
                 created_at: s.created_at.unwrap_or_else(timestamp::now),
-                client_message_id: m.client_message_id,
+                client_message_id: m.client_message_id.clone(),
             })
         })
     }
@@ -265,7 +388,15 @@ mod tests {
 
     #[test]
     fn path_segments_are_encoded() {
-        let b = RestBackend::new("http://127.0.0.1:1/api/", 1, Duration::from_millis(10)).unwrap();
+        let opts = RestOptions {
+            threads: 1,
+            timeout: Duration::from_millis(10),
+            retries: 0,
+            breaker_threshold: 0,
+            breaker_cooldown: Duration::from_secs(1),
+            auth_cache_ttl: Duration::ZERO,
+        };
+        let b = RestBackend::new("http://127.0.0.1:1/api/", &opts, RestHooks::default()).unwrap();
         assert_eq!(
             b.url(&["chats", "../a b/c", "messages"]),
             "http://127.0.0.1:1/api/chats/%2E%2E%2Fa%20b%2Fc/messages"
