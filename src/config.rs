@@ -39,6 +39,8 @@ pub const DEFAULT_BACKEND_TIMEOUT_MS: u64 = 5_000;
 pub const DEFAULT_AUTH_TIMEOUT_MS: u64 = 10_000;
 /// Default drain deadline on shutdown, in milliseconds.
 pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 5_000;
+/// Default window over which the drain closes connections, in milliseconds.
+pub const DEFAULT_DRAIN_WINDOW_MS: u64 = 2_000;
 /// Default minimum interval between two re-fetches of one connection's chat list, in ms.
 pub const DEFAULT_CHATS_REFETCH_INTERVAL_MS: u64 = 2_000;
 /// Default cap on fragments in one client message.
@@ -151,6 +153,11 @@ pub struct Config {
     /// Env `SHUTDOWN_TIMEOUT`. Default 5000.
     #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value_t = DEFAULT_SHUTDOWN_TIMEOUT_MS)]
     pub shutdown_timeout_ms: u64,
+
+    /// Window over which the drain closes connections, in jittered batches, so clients do not
+    /// all reconnect at once, in milliseconds. Env `DRAIN_WINDOW`. Default 2000.
+    #[arg(long, env = "DRAIN_WINDOW", default_value_t = DEFAULT_DRAIN_WINDOW_MS)]
+    pub drain_window_ms: u64,
 
     /// Minimum interval between two re-fetches of a connection's chat list (triggered by a
     /// chat it is not known to be in), in milliseconds. Env `CHATS_REFETCH_INTERVAL`.
@@ -366,6 +373,10 @@ impl Config {
     /// `SHUTDOWN_TIMEOUT` as a duration.
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)
+    }
+    /// `DRAIN_WINDOW` as a duration.
+    pub fn drain_window(&self) -> Duration {
+        Duration::from_millis(self.drain_window_ms)
     }
     /// `CHATS_REFETCH_INTERVAL` as a duration.
     pub fn chats_refetch_interval(&self) -> Duration {

@@ -19,7 +19,7 @@
 
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use monoio::net::TcpStream;
@@ -260,9 +260,11 @@ async fn steady(
         End::Violation(code) => conn.outbox.close(code),
         End::Draining => {
             // Still registered, so the worker's drain sends SERVER_SHUTDOWN + 1001 here once
-            // the backend calls in flight are done.
-            let wait =
-                monoio::time::timeout(worker.config().shutdown_timeout(), conn.outbox.closed());
+            // every connection has finished the work it accepted.
+            worker.park();
+            let cfg = worker.config();
+            let patience = cfg.shutdown_timeout() + cfg.drain_window() + Duration::from_secs(1);
+            let wait = monoio::time::timeout(patience, conn.outbox.closed());
             let _ = Box::pin(wait).await;
         }
         End::Gone => conn.outbox.close(CloseCode::Normal),

@@ -25,6 +25,8 @@ use crate::protocol::CloseCode;
 /// How long to keep reading after our close frame, so the peer sees it before the socket goes.
 const LINGER: Duration = Duration::from_secs(2);
 
+/// While draining, how long to wait for the rest of a frame already partly read.
+const DRAIN_READ_GRACE: Duration = Duration::from_millis(100);
 /// How long the writer may take to flush the last frames before it is aborted.
 const FLUSH_GRACE: Duration = Duration::from_secs(1);
 
@@ -81,7 +83,8 @@ pub(crate) async fn read_loop<H: Handler>(
 ) -> End {
     let mut assembler = MessageAssembler::new(limits.max_message_size, limits.max_fragments);
     loop {
-        if handler.draining() {
+        if handler.draining() && !input.has_staged() {
+            // Bytes already read are finished below; nothing more is read.
             return End::Draining;
         }
         if !input.has_staged() {
@@ -102,8 +105,16 @@ pub(crate) async fn read_loop<H: Handler>(
     }
 }
 
-/// Queues a frame that fastwebsockets obliges us to send (the close echo).
+/// Largest control-frame payload (RFC 6455 §5.5).
+const MAX_CONTROL_PAYLOAD: usize = 125;
+
+/// Queues a frame that fastwebsockets obliges us to send (the close echo). A close whose
+/// payload breaks the control-frame limit is not echoed: it is answered with 1002.
 fn obligated(outbox: &Outbox, frame: Frame<'_>) -> std::future::Ready<Result<(), Infallible>> {
+    if frame.payload.len() > MAX_CONTROL_PAYLOAD {
+        outbox.close(CloseCode::ProtocolError);
+        return std::future::ready(Ok(()));
+    }
     let encoded = control_frame(frame.opcode, &frame.payload);
     if frame.opcode == OpCode::Close {
         outbox.close_with(&encoded);
@@ -148,9 +159,26 @@ async fn burst<H: Handler>(
     loop {
         // Cancelling `read_frame` can lose a partly read frame; it is only cancelled when the
         // connection is ending anyway.
-        let frame = monoio::select! {
-            f = ws.read_frame(&mut send) => f,
-            _ = outbox.interrupted() => return Some(interrupted(outbox)),
+        let frame = if handler.draining() && !outbox.is_closing() {
+            // Draining: frames already read from the socket were accepted and are finished
+            // (answered or delivered); nothing more is read once those are done.
+            if consumed == fed.get() {
+                return Some(End::Draining);
+            }
+            match monoio::time::timeout(DRAIN_READ_GRACE, ws.read_frame(&mut send)).await {
+                Ok(f) => f,
+                Err(_) => return Some(End::Draining),
+            }
+        } else {
+            monoio::select! {
+                f = ws.read_frame(&mut send) => f,
+                _ = outbox.interrupted() => {
+                    if handler.draining() && !outbox.is_closing() {
+                        continue;
+                    }
+                    return Some(interrupted(outbox));
+                }
+            }
         };
         let frame = match frame {
             Ok(f) => f,
@@ -165,6 +193,10 @@ async fn burst<H: Handler>(
         }
         let now = Instant::now();
         handler.seen(now);
+        let control = matches!(frame.opcode, OpCode::Close | OpCode::Ping | OpCode::Pong);
+        if control && frame.payload.len() > MAX_CONTROL_PAYLOAD {
+            return Some(End::Violation(CloseCode::ProtocolError));
+        }
         match frame.opcode {
             OpCode::Close => return Some(End::ClientClosed),
             OpCode::Ping => {
@@ -183,9 +215,6 @@ async fn burst<H: Handler>(
         if consumed == fed.get() {
             // The parser holds no partial frame: drop it (and its buffer) until more input.
             return None;
-        }
-        if handler.draining() {
-            return Some(End::Draining);
         }
     }
 }

@@ -44,6 +44,10 @@ use crate::systemd::Liveness;
 const MAX_TICK: Duration = Duration::from_millis(100);
 /// Size of the worker's shared read buffer: the most one socket read takes in one go.
 const READ_SCRATCH: usize = 16 * 1024;
+/// Most batches the drain closes connections in.
+const DRAIN_BATCHES: usize = 10;
+/// How long the drain waits for connections to finish their close handshake.
+const CLOSE_GRACE: Duration = Duration::from_secs(3);
 /// Shortest pause of the ticker.
 const MIN_TICK: Duration = Duration::from_millis(5);
 
@@ -162,6 +166,7 @@ pub struct Worker {
     pub stop: Signal,
     inflight: Cell<usize>,
     tasks: Cell<usize>,
+    parked: Cell<usize>,
     /// This worker's metric handles.
     pub metrics: WorkerMetrics,
 }
@@ -221,6 +226,7 @@ impl Worker {
             stop: Signal::default(),
             inflight: Cell::new(0),
             tasks: Cell::new(0),
+            parked: Cell::new(0),
         }
     }
 
@@ -473,23 +479,49 @@ impl Worker {
     }
 
     async fn drain(&self) {
-        let deadline = Instant::now() + self.config().shutdown_timeout();
+        let cfg = self.config();
+        let deadline = Instant::now() + cfg.shutdown_timeout();
         for (_, c) in self.conns.borrow().iter() {
             c.outbox.interrupt();
         }
-        while self.inflight.get() > 0 && Instant::now() < deadline {
+        // Every connection finishes what it already read (answers, deliveries, backend calls)
+        // and parks; then nobody can start new work.
+        while (self.parked.get() < self.connections() || self.inflight.get() > 0)
+            && Instant::now() < deadline
+        {
             monoio::time::sleep(Duration::from_millis(5)).await;
         }
+        // Close in jittered batches over DRAIN_WINDOW, so clients do not all reconnect (to the
+        // next instance) at the same instant.
+        let slots: Vec<usize> = self.conns.borrow().iter().map(|(slot, _)| slot).collect();
+        let batches = slots.len().clamp(1, DRAIN_BATCHES);
+        let per_batch = slots.len().div_ceil(batches).max(1);
+        let pause = cfg.drain_window() / batches as u32;
         let notice = error_frame(ErrorCode::ServerShutdown, "Server is shutting down");
-        for (_, c) in self.conns.borrow().iter() {
-            c.outbox.push(&notice);
-            c.outbox.close(CloseCode::GoingAway);
+        for (i, batch) in slots.chunks(per_batch).enumerate() {
+            if i > 0 && !pause.is_zero() {
+                let jitter = rand::random::<f64>() + 0.5; // 0.5x .. 1.5x
+                monoio::time::sleep(pause.mul_f64(jitter)).await;
+            }
+            let conns = self.conns.borrow();
+            for slot in batch {
+                if let Some(c) = conns.get(*slot) {
+                    c.outbox.push(&notice);
+                    c.outbox.close(CloseCode::GoingAway);
+                }
+            }
         }
         // Connection tasks end after their close handshake (or its linger); their writers
         // must finish before the runtime is dropped, or queued frames are lost.
+        let deadline = Instant::now() + CLOSE_GRACE;
         while self.tasks.get() > 0 && Instant::now() < deadline {
             monoio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    /// A connection finished its accepted work during the drain and waits to be closed.
+    pub fn park(&self) {
+        self.parked.set(self.parked.get() + 1);
     }
 }
 

@@ -205,6 +205,7 @@ impl ServerBuilder {
             ("CHATS_REFETCH_INTERVAL", "100"),
             ("LOG_LEVEL", "debug"),
             ("SHUTDOWN_TIMEOUT", "2000"),
+            ("DRAIN_WINDOW", "200"),
         ];
         ServerBuilder {
             store: store.to_path_buf(),
