@@ -13,6 +13,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::convert::Infallible;
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use fastwebsockets::{Frame, OpCode, Role, WebSocketError};
@@ -135,6 +136,92 @@ fn frame_error(e: WebSocketError) -> End {
     }
 }
 
+/// What one parsed frame asks of the connection.
+#[derive(Debug)]
+pub enum Step {
+    /// Nothing to do (a pong, or a fragment of a message still incomplete).
+    Nothing,
+    /// Send this pong (answering a ping).
+    Pong(bytes::Bytes),
+    /// A complete message to handle.
+    Message(Message),
+    /// The connection ends.
+    End(End),
+}
+
+/// The rules for one frame, as a pure function: counts its bytes (`consumed`, against `fed`,
+/// the bytes handed to the parser), enforces the control-frame limit and masking, answers
+/// pings, and reassembles data frames.
+pub fn step(
+    frame: Frame<'_>,
+    consumed: &mut u64,
+    fed: u64,
+    assembler: &mut MessageAssembler,
+) -> Step {
+    *consumed += client_frame_len(frame.payload.len());
+    if *consumed > fed {
+        // More counted than given: this frame had no mask, which RFC 6455 forbids from
+        // clients. (Best effort: an unmasked frame followed by more bytes is caught at the next
+        // frame, or not at all if the counts happen to agree.)
+        return Step::End(End::Violation(CloseCode::ProtocolError));
+    }
+    let control = matches!(frame.opcode, OpCode::Close | OpCode::Ping | OpCode::Pong);
+    if control && frame.payload.len() > MAX_CONTROL_PAYLOAD {
+        return Step::End(End::Violation(CloseCode::ProtocolError));
+    }
+    match frame.opcode {
+        OpCode::Close => Step::End(End::ClientClosed),
+        OpCode::Ping => Step::Pong(control_frame(OpCode::Pong, &frame.payload)),
+        OpCode::Pong => Step::Nothing,
+        OpCode::Text | OpCode::Binary | OpCode::Continuation => match assembler.push(frame) {
+            Err(e) => Step::End(End::Violation(e.close_code())),
+            Ok(None) => Step::Nothing,
+            Ok(Some(message)) => Step::Message(message),
+        },
+    }
+}
+
+/// Decodes a complete byte stream from a client with the production parser settings and
+/// rules, without sockets: every step until the stream ends or the connection would. For
+/// property tests and fuzzing; the parser reads from a slice, so nothing ever waits.
+pub fn decode_stream(bytes: &[u8], limits: Limits) -> Vec<Step> {
+    let mut steps = Vec::new();
+    let mut assembler = MessageAssembler::new(limits.max_message_size, limits.max_fragments);
+    let (mut ws, _) = fastwebsockets::after_handshake_split(bytes, tokio::io::sink(), Role::Server);
+    ws.set_max_message_size(limits.max_message_size.saturating_add(1));
+    ws.set_auto_pong(false);
+    // The close echo is not needed here: a close ends the stream as a step.
+    let mut send = |_f: Frame<'_>| std::future::ready(Ok::<(), Infallible>(()));
+    let mut consumed = 0u64;
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    loop {
+        let frame = {
+            let mut fut = std::pin::pin!(ws.read_frame(&mut send));
+            match fut.as_mut().poll(&mut cx) {
+                std::task::Poll::Ready(r) => r,
+                // A slice never blocks; treat the impossible as the end of input.
+                std::task::Poll::Pending => return steps,
+            }
+        };
+        let frame = match frame {
+            Ok(f) => f,
+            Err(WebSocketError::UnexpectedEOF) => return steps,
+            Err(e) => {
+                steps.push(Step::End(frame_error(e)));
+                return steps;
+            }
+        };
+        // Everything read so far was fed: bound `consumed` by the whole input.
+        let fed = bytes.len() as u64;
+        let step = step(frame, &mut consumed, fed, &mut assembler);
+        let end = matches!(step, Step::End(_));
+        steps.push(step);
+        if end {
+            return steps;
+        }
+    }
+}
+
 /// Parses and handles frames until the parser has consumed every byte it was given (then it
 /// is dropped, with its read buffer) or the connection ends.
 async fn burst<H: Handler>(
@@ -184,33 +271,15 @@ async fn burst<H: Handler>(
             Ok(f) => f,
             Err(e) => return Some(frame_error(e)),
         };
-        consumed += client_frame_len(frame.payload.len());
-        if consumed > fed.get() {
-            // More counted than given: this frame had no mask, which RFC 6455 forbids from
-            // clients. (Best effort: an unmasked frame followed by more bytes is caught at the
-            // next frame, or not at all if the counts happen to agree.)
-            return Some(End::Violation(CloseCode::ProtocolError));
-        }
         let now = Instant::now();
         handler.seen(now);
-        let control = matches!(frame.opcode, OpCode::Close | OpCode::Ping | OpCode::Pong);
-        if control && frame.payload.len() > MAX_CONTROL_PAYLOAD {
-            return Some(End::Violation(CloseCode::ProtocolError));
-        }
-        match frame.opcode {
-            OpCode::Close => return Some(End::ClientClosed),
-            OpCode::Ping => {
-                outbox.push_class(
-                    &control_frame(OpCode::Pong, &frame.payload),
-                    Class::Volatile,
-                );
+        match step(frame, &mut consumed, fed.get(), assembler) {
+            Step::Nothing => {}
+            Step::Pong(pong) => {
+                outbox.push_class(&pong, Class::Volatile);
             }
-            OpCode::Pong => {}
-            OpCode::Text | OpCode::Binary | OpCode::Continuation => match assembler.push(frame) {
-                Err(e) => return Some(End::Violation(e.close_code())),
-                Ok(None) => {}
-                Ok(Some(message)) => handler.message(message, now).await,
-            },
+            Step::Message(message) => handler.message(message, now).await,
+            Step::End(end) => return Some(end),
         }
         if consumed == fed.get() {
             // The parser holds no partial frame: drop it (and its buffer) until more input.
