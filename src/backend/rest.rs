@@ -374,11 +374,23 @@ impl Backend for RestBackend {
     }
 
     fn probe(&self) -> Reply<()> {
+        // Reachability only, and outside the breaker: any HTTP answer means reachable, and a
+        // readiness check must neither reset nor close the breaker.
         let url = self.base.clone();
-        self.run("probe", move |agent| match agent.get(&url).call() {
-            Ok(_) | Err(ureq::Error::Status(..)) => Ok(()),
-            Err(e) => Err(map_error(e)),
-        })
+        let (tx, reply) = Reply::channel();
+        let job = Box::new(move |agent: &ureq::Agent| {
+            let result = match agent.get(&url).call() {
+                Ok(_) | Err(ureq::Error::Status(..)) => Ok(()),
+                Err(e) => Err(map_error(e)),
+            };
+            let _ = tx.send(result);
+        });
+        if self.pool.submit(job).is_err() {
+            return Reply::ready(Err(BackendError::UpstreamUnavailable(
+                "too many calls in flight".into(),
+            )));
+        }
+        reply
     }
 }
 

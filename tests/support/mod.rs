@@ -54,6 +54,19 @@ pub const SERVER_ENV: &[&str] = &[
     "DEMO",
     "BENCH_FIXTURE",
     "RUST_LOG",
+    "BACKEND_RETRIES",
+    "BREAKER_THRESHOLD",
+    "BREAKER_COOLDOWN",
+    "AUTH_CACHE_TTL",
+    "MAX_OUTBOX_BYTES",
+    "RATE_LIMIT",
+    "RATE_BURST",
+    "MAX_CONNECTIONS",
+    "MAX_CONNECTIONS_PER_IP",
+    "DRAIN_WINDOW",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
 ];
 
 /// The origin every test server allows through CORS_ORIGIN (besides same-origin).
