@@ -80,7 +80,7 @@ fn churn_and_traffic_leave_rss_and_fds_flat() {
         }
         watcher.collect(Duration::from_millis(5));
         round += 1;
-        if round % 5 == 0 {
+        if round.is_multiple_of(5) {
             samples.push((
                 started.elapsed().as_secs_f64(),
                 rss_kb(server.pid),
