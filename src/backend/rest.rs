@@ -31,7 +31,7 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::Deserialize;
 
 use super::breaker::{Breaker, State};
-use super::pool::Pool;
+use super::pool::{Job, Pool};
 use super::store::hash_token;
 use super::{Backend, BackendError, BackendResult, NewMessage, Profile, Reply};
 use crate::metrics::RestHooks;
@@ -161,6 +161,11 @@ impl RestBackend {
             }
             let _ = tx.send(result);
         });
+        self.submit(job, reply)
+    }
+
+    /// Queues a job on the pool; a full queue fails the call at once.
+    fn submit<T>(&self, job: Job<ureq::Agent>, reply: Reply<T>) -> Reply<T> {
         if self.pool.submit(job).is_err() {
             return Reply::ready(Err(BackendError::UpstreamUnavailable(
                 "too many calls in flight".into(),
@@ -385,12 +390,7 @@ impl Backend for RestBackend {
             };
             let _ = tx.send(result);
         });
-        if self.pool.submit(job).is_err() {
-            return Reply::ready(Err(BackendError::UpstreamUnavailable(
-                "too many calls in flight".into(),
-            )));
-        }
-        reply
+        self.submit(job, reply)
     }
 }
 

@@ -389,6 +389,16 @@ fn send_error(
     );
 }
 
+fn not_participant(worker: &Worker, conn: &Conn) {
+    send_error(
+        worker,
+        &conn.outbox,
+        ErrorCode::NotParticipant,
+        "Not a participant of this chat",
+        None,
+    );
+}
+
 fn backend_error(worker: &Worker, outbox: &Outbox, e: &BackendError) {
     send_error(worker, outbox, e.code(), &e.client_message(), e.status());
 }
@@ -404,15 +414,7 @@ async fn handle(
     let decision = conn.session.borrow_mut().decide(cmd, now);
     let cmd = match decision {
         Decision::Execute(cmd) => cmd,
-        Decision::NotParticipant(_) => {
-            return send_error(
-                worker,
-                &conn.outbox,
-                ErrorCode::NotParticipant,
-                "Not a participant of this chat",
-                None,
-            )
-        }
+        Decision::NotParticipant(_) => return not_participant(worker, conn),
         Decision::Refetch(cmd) => {
             let backend = worker.shared.backend.clone();
             match worker.backend_call(call::CHATS, backend.chats(token)).await {
@@ -422,15 +424,7 @@ async fn handle(
                     worker.rejoin(slot, &change.joined, &change.left);
                     match conn.session.borrow().after_refetch(cmd) {
                         Decision::Execute(cmd) => cmd,
-                        _ => {
-                            return send_error(
-                                worker,
-                                &conn.outbox,
-                                ErrorCode::NotParticipant,
-                                "Not a participant of this chat",
-                                None,
-                            )
-                        }
+                        _ => return not_participant(worker, conn),
                     }
                 }
                 Err(e) => return backend_error(worker, &conn.outbox, &e),
