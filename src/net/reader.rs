@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use fastwebsockets::{Frame, OpCode, Role, WebSocketError};
 
 use super::outbox::{Class, Outbox};
-use super::split::{Feed, Input};
+use super::split::{Feed, Input, WriteHalf};
 use crate::protocol::frame::{client_frame_len, control_frame, Message, MessageAssembler};
 use crate::protocol::CloseCode;
 
@@ -77,6 +77,7 @@ fn interrupted(outbox: &Outbox) -> End {
 /// Reads and hands over messages until the connection ends.
 pub(crate) async fn read_loop<H: Handler>(
     input: &mut Input,
+    write: &mut WriteHalf,
     outbox: &Outbox,
     scratch: &RefCell<Vec<u8>>,
     limits: Limits,
@@ -92,6 +93,7 @@ pub(crate) async fn read_loop<H: Handler>(
             let filled = monoio::select! {
                 r = input.fill(scratch) => r,
                 _ = outbox.interrupted() => return interrupted(outbox),
+                _ = outbox.drive(write) => unreachable!("drive never completes"),
             };
             match filled {
                 Ok(true) => {}
@@ -99,7 +101,7 @@ pub(crate) async fn read_loop<H: Handler>(
             }
         }
         // Boxed: the parser and handler state exist only while there is input to handle.
-        let burst = Box::pin(burst(input, outbox, limits, &mut assembler, handler));
+        let burst = Box::pin(burst(input, write, outbox, limits, &mut assembler, handler));
         if let Some(end) = burst.await {
             return end;
         }
@@ -226,6 +228,7 @@ pub fn decode_stream(bytes: &[u8], limits: Limits) -> Vec<Step> {
 /// is dropped, with its read buffer) or the connection ends.
 async fn burst<H: Handler>(
     input: &mut Input,
+    write: &mut WriteHalf,
     outbox: &Outbox,
     limits: Limits,
     assembler: &mut MessageAssembler,
@@ -252,9 +255,13 @@ async fn burst<H: Handler>(
             if consumed == fed.get() {
                 return Some(End::Draining);
             }
-            match monoio::time::timeout(DRAIN_READ_GRACE, ws.read_frame(&mut send)).await {
-                Ok(f) => f,
-                Err(_) => return Some(End::Draining),
+            let read = monoio::time::timeout(DRAIN_READ_GRACE, ws.read_frame(&mut send));
+            monoio::select! {
+                f = read => match f {
+                    Ok(f) => f,
+                    Err(_) => return Some(End::Draining),
+                },
+                _ = outbox.drive(write) => unreachable!("drive never completes"),
             }
         } else {
             monoio::select! {
@@ -265,6 +272,7 @@ async fn burst<H: Handler>(
                     }
                     return Some(interrupted(outbox));
                 }
+                _ = outbox.drive(write) => unreachable!("drive never completes"),
             }
         };
         let frame = match frame {
@@ -278,7 +286,14 @@ async fn burst<H: Handler>(
             Step::Pong(pong) => {
                 outbox.push_class(&pong, Class::Volatile);
             }
-            Step::Message(message) => handler.message(message, now).await,
+            Step::Message(message) => {
+                // Keep writing while the message is handled (a backend call may take long):
+                // this connection still receives what others send meanwhile.
+                monoio::select! {
+                    _ = handler.message(message, now) => {}
+                    _ = outbox.drive(write) => unreachable!("drive never completes"),
+                }
+            }
             Step::End(end) => return Some(end),
         }
         if consumed == fed.get() {
@@ -288,9 +303,10 @@ async fn burst<H: Handler>(
     }
 }
 
-/// After our close frame: read and discard until the peer closes (or [`LINGER`] passes), so
-/// unread input does not turn the close into a reset that could destroy the close frame.
-pub(crate) async fn linger(input: &mut Input, outbox: &Outbox) {
+/// After our close frame: keep writing what is queued (the close frame) and read and discard
+/// until the peer closes (or [`LINGER`] passes), so unread input does not turn the close into
+/// a reset that could destroy the close frame. Then shut the write side.
+pub(crate) async fn linger(input: &mut Input, write: &mut WriteHalf, outbox: &Outbox) {
     let fed = Cell::new(0u64);
     let (mut ws, _) = fastwebsockets::after_handshake_split(
         Feed::new(input, &fed),
@@ -300,7 +316,7 @@ pub(crate) async fn linger(input: &mut Input, outbox: &Outbox) {
     ws.set_auto_close(false);
     ws.set_auto_pong(false);
     let mut ignore = |_f: Frame<'_>| std::future::ready(Ok::<(), Infallible>(()));
-    let _ = monoio::time::timeout(LINGER, async {
+    let read_until_close = async {
         loop {
             match ws.read_frame(&mut ignore).await {
                 Ok(f) if f.opcode == OpCode::Close => break,
@@ -308,19 +324,22 @@ pub(crate) async fn linger(input: &mut Input, outbox: &Outbox) {
                 Err(_) => break,
             }
         }
-    })
-    .await;
-    finish(outbox).await;
-}
-
-/// Gives the writer a moment to flush what is queued (the close frame), then aborts it, so a
-/// peer that never reads cannot keep the socket (and its queue) alive.
-pub(crate) async fn finish(outbox: &Outbox) {
-    let _ = monoio::time::timeout(FLUSH_GRACE, async {
-        while !outbox.writer_done() {
-            monoio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let _ = monoio::time::timeout(LINGER, async {
+        monoio::select! {
+            _ = read_until_close => {}
+            _ = outbox.drive(write) => unreachable!("drive never completes"),
         }
     })
     .await;
-    outbox.abort();
+    finish(write, outbox).await;
+}
+
+/// Gives the socket a moment to take what is queued (the close frame), then shuts the write
+/// side; a peer that never reads cannot keep the connection (and its queue) alive.
+pub(crate) async fn finish(write: &mut WriteHalf, outbox: &Outbox) {
+    let _ = monoio::time::timeout(FLUSH_GRACE, outbox.flush(write)).await;
+    if outbox.is_drained() {
+        outbox.shutdown(write).await;
+    }
 }
