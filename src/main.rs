@@ -196,7 +196,7 @@ fn backend(config: &Config, metrics: &Metrics) -> anyhow::Result<Arc<dyn Backend
         tracing::warn!(
             users = size.users,
             rooms = size.rooms,
-            "BENCHMARK MODE: in-memory fixture, tokens t0..t<users-1>; no real data is used"
+            "BENCHMARK MODE: in-memory fixture, tokens t0..t<users-1>, rate limit off; no real data is used"
         );
         return Ok(Arc::new(Fixture::new(size)));
     }
@@ -213,8 +213,12 @@ fn backend(config: &Config, metrics: &Metrics) -> anyhow::Result<Arc<dyn Backend
     ))
 }
 
-fn serve(config: Config) -> anyhow::Result<()> {
+fn serve(mut config: Config) -> anyhow::Result<()> {
     config.validate()?;
+    if config.bench_fixture.is_some() && config.rate_limit > 0 {
+        // Benchmark clients send far above any per-user rate; the limit would measure itself.
+        config.rate_limit = 0;
+    }
     telemetry::init(&config.log_level);
     let metrics = Metrics::new();
     let backend = backend(&config, &metrics)?;
