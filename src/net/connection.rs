@@ -29,7 +29,7 @@ use super::handshake::{self, Request, MAX_HEAD};
 use super::mailbox::EventKind;
 use super::outbox::Outbox;
 use super::reader::{finish, linger, read_loop, End, Handler, Limits};
-use super::split::{self, Input, WriteHalf};
+use super::split::{self, Input};
 use super::worker::{Conn, TaskGuard, Worker};
 use crate::backend::{BackendError, NewMessage};
 use crate::core::rate::{Admission, RateLimit};
@@ -135,8 +135,12 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
     // Copy (not split off) what came behind the head, so the head buffer is freed now.
     let prefix = BytesMut::from(&buf[consumed..]);
     drop(buf);
-    let (mut input, mut write) = split::split(stream, prefix);
-    let outbox = Outbox::new(worker.config().max_outbox_bytes);
+    let (mut input, write_half) = split::split(stream, prefix);
+    let outbox = Rc::new(Outbox::new(worker.config().max_outbox_bytes));
+    monoio::spawn({
+        let outbox = outbox.clone();
+        async move { outbox.run_writer(write_half).await }
+    });
 
     let Some(token) = upgrade.token else {
         reject(
@@ -145,7 +149,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
             BackendError::TokenRejected("Missing token".into()),
             &req,
         );
-        linger(&mut input, &mut write, &outbox).await;
+        linger(&mut input, &outbox).await;
         return;
     };
     let backend = worker.shared.backend.clone();
@@ -159,12 +163,12 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
         Ok(Ok(found)) => found,
         Ok(Err(e)) => {
             reject(&worker, &outbox, e, &req);
-            linger(&mut input, &mut write, &outbox).await;
+            linger(&mut input, &outbox).await;
             return;
         }
         Err(_) => {
             reject(&worker, &outbox, BackendError::UpstreamTimeout, &req);
-            linger(&mut input, &mut write, &outbox).await;
+            linger(&mut input, &outbox).await;
             return;
         }
     };
@@ -175,7 +179,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
             "Server is shutting down",
         ));
         outbox.close(CloseCode::GoingAway);
-        linger(&mut input, &mut write, &outbox).await;
+        linger(&mut input, &outbox).await;
         return;
     }
     let now = Instant::now();
@@ -221,7 +225,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
         auth_ms = started.elapsed().as_secs_f64() * 1e3,
         "User connected"
     );
-    monoio::spawn(steady(worker, conn, slot, token, input, write, live));
+    monoio::spawn(steady(worker, conn, slot, token, input, live));
 }
 
 /// The steady state of an authenticated connection: the read loop, then the close.
@@ -231,7 +235,6 @@ async fn steady(
     slot: usize,
     token: String,
     mut input: Input,
-    mut write: WriteHalf,
     _live: TaskGuard,
 ) {
     let cfg = worker.config();
@@ -247,7 +250,6 @@ async fn steady(
     };
     let end = read_loop(
         &mut input,
-        &mut write,
         &conn.outbox,
         &worker.read_scratch,
         limits,
@@ -262,12 +264,7 @@ async fn steady(
             worker.park();
             let cfg = worker.config();
             let patience = cfg.shutdown_timeout() + cfg.drain_window() + Duration::from_secs(1);
-            let wait = monoio::time::timeout(patience, async {
-                monoio::select! {
-                    _ = conn.outbox.closed() => {}
-                    _ = conn.outbox.drive(&mut write) => unreachable!("drive never completes"),
-                }
-            });
+            let wait = monoio::time::timeout(patience, conn.outbox.closed());
             let _ = Box::pin(wait).await;
         }
         End::Gone => conn.outbox.close(CloseCode::Normal),
@@ -275,13 +272,13 @@ async fn steady(
     }
     worker.unregister(slot);
     tracing::info!(user_id = %conn.session.borrow().user().id, worker = worker.id, "User disconnected");
-    // Boxed, like every rarely used state, to keep the idle task small. Both are bounded, so
-    // the socket is released even if the peer never reads.
+    // Boxed, like every rarely used state, to keep the idle task small. Both end by aborting
+    // the writer, so the socket is released even if the peer never reads.
     if matches!(end, End::Gone | End::ClientClosed) {
         conn.outbox.close(CloseCode::Normal);
-        Box::pin(finish(&mut write, &conn.outbox)).await;
+        Box::pin(finish(&conn.outbox)).await;
     } else {
-        Box::pin(linger(&mut input, &mut write, &conn.outbox)).await;
+        Box::pin(linger(&mut input, &conn.outbox)).await;
     }
 }
 

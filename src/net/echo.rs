@@ -66,18 +66,22 @@ async fn serve(stream: monoio::net::TcpStream, scratch: Rc<RefCell<Vec<u8>>>, li
     {
         return;
     }
-    let (mut input, mut write) = split::split(stream, BytesMut::from(&buf[consumed..]));
-    let outbox = Outbox::new(limits.max_message_size.saturating_mul(4));
+    let (mut input, write_half) = split::split(stream, BytesMut::from(&buf[consumed..]));
+    let outbox = Rc::new(Outbox::new(limits.max_message_size.saturating_mul(4)));
+    monoio::spawn({
+        let outbox = outbox.clone();
+        async move { outbox.run_writer(write_half).await }
+    });
     let mut echo = Echo { outbox: &outbox };
-    let end = read_loop(&mut input, &mut write, &outbox, &scratch, limits, &mut echo).await;
+    let end = read_loop(&mut input, &outbox, &scratch, limits, &mut echo).await;
     if let End::Violation(code) = end {
         outbox.close(code);
     }
     outbox.close(CloseCode::Normal);
     if matches!(end, End::Gone | End::ClientClosed) {
-        finish(&mut write, &outbox).await;
+        finish(&outbox).await;
     } else {
-        linger(&mut input, &mut write, &outbox).await;
+        linger(&mut input, &outbox).await;
     }
 }
 

@@ -1,32 +1,29 @@
-//! A connection's outgoing bytes, written by the connection's own task.
+//! A connection's outgoing bytes.
 //!
 //! Everything queued for a socket during one pass of the event loop is appended to one buffer
-//! and leaves in one write: a push wakes the connection's task once; the task runs after the
-//! tasks that queued and writes the whole buffer (uWebSockets' "cork"). Frames arrive already
-//! encoded (a room event is encoded once for all its recipients), so queuing is a `memcpy`.
-//! There is no writer task: the connection task polls [`Outbox::drive`] next to whatever else
-//! it waits for (input, a backend call), so an idle connection is one small task.
+//! and leaves in one write: the writer task is woken once, runs after the tasks that queued, and
+//! takes the whole buffer (uWebSockets' "cork"). Frames arrive already encoded (a room event is
+//! encoded once for all its recipients), so queuing is a `memcpy`.
 //!
 //! The queue is capped at `cap` bytes (`MAX_OUTBOX_BYTES`). [`Class::Volatile`] frames (typing,
 //! presence, pings) are dropped once half the cap is used, so they never push reliable ones
 //! out. A [`Class::Reliable`] frame (messages, receipts, replies) that would exceed the cap
-//! marks the client a slow consumer: the unsent queue is discarded and replaced by a close 4009
-//! (or, if a frame is half written, the connection is abandoned), and the connection ends. So a
-//! client that stops reading holds at most `cap` bytes here and never slows anyone else.
+//! marks the client a slow consumer: the unsent queue is discarded, a close 4009 is queued in
+//! its place, and the connection ends. So a client that stops reading holds at most `cap`
+//! bytes of server memory here (plus the one write in flight) and never slows anyone else.
 //!
-//! States: open → closing (a close frame is queued; nothing more is accepted) → drained (the
-//! connection shuts the socket's write side). Closing also wakes the reader side of the task,
-//! which stops reading; so does [`Outbox::interrupt`] (the drain), without closing. A write
-//! error or an abandoned queue makes the outbox dead: nothing more is written.
+//! States: open → closing (a close frame is queued; nothing more is accepted; the writer sends
+//! what is queued, then shuts the socket's write side) → done. Closing also wakes the reader,
+//! which stops reading; so does [`Outbox::interrupt`] (the drain), without closing. Abort
+//! ([`Outbox::abort`]) ends the writer even mid-write, for peers that never read. Each side
+//! has a single waker slot: exactly one writer task and one reader task wait here.
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
-use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use std::task::{Poll, Waker};
 
 use bytes::Bytes;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use super::split::WriteHalf;
 use crate::protocol::frame::close_frame;
@@ -59,11 +56,10 @@ pub enum Pushed {
 pub struct Outbox {
     cap: usize,
     buf: RefCell<Vec<u8>>,
-    /// Bytes of `buf` already written.
-    sent: Cell<usize>,
     closing: Cell<bool>,
     interrupted: Cell<bool>,
-    dead: Cell<bool>,
+    aborted: Cell<bool>,
+    writer_done: Cell<bool>,
     writer: Cell<Option<Waker>>,
     reader: Cell<Option<Waker>>,
 }
@@ -74,10 +70,10 @@ impl Outbox {
         Self {
             cap,
             buf: RefCell::default(),
-            sent: Cell::new(0),
             closing: Cell::new(false),
             interrupted: Cell::new(false),
-            dead: Cell::new(false),
+            aborted: Cell::new(false),
+            writer_done: Cell::new(false),
             writer: Cell::new(None),
             reader: Cell::new(None),
         }
@@ -89,19 +85,13 @@ impl Outbox {
             return Pushed::Dropped;
         }
         let mut buf = self.buf.borrow_mut();
-        let after = buf.len() - self.sent.get() + frame.len();
+        let after = buf.len() + frame.len();
         match class {
             Class::Volatile if after > self.cap / 2 => return Pushed::Dropped,
             Class::Reliable if after > self.cap => {
-                // Slow consumer: what is queued will not be read in time. Replace it with the
-                // close frame, unless a frame is half written (then abandon the connection).
-                if self.sent.get() == 0 {
-                    *buf = close_frame(CloseCode::SlowConsumer).to_vec();
-                } else {
-                    *buf = Vec::new();
-                    self.sent.set(0);
-                    self.dead.set(true);
-                }
+                // Slow consumer: what is queued will not be read in time; replace it with
+                // the close frame and let the connection end.
+                *buf = close_frame(CloseCode::SlowConsumer).to_vec();
                 drop(buf);
                 self.closing.set(true);
                 self.wake_writer();
@@ -146,6 +136,14 @@ impl Outbox {
         self.wake_reader();
     }
 
+    /// Ends the writer now, even in the middle of a write (peers that never read).
+    pub fn abort(&self) {
+        self.closing.set(true);
+        self.aborted.set(true);
+        self.wake_writer();
+        self.wake_reader();
+    }
+
     /// Whether a close was queued.
     pub fn is_closing(&self) -> bool {
         self.closing.get()
@@ -153,12 +151,7 @@ impl Outbox {
 
     /// Bytes waiting to be written.
     pub fn queued(&self) -> usize {
-        self.buf.borrow().len() - self.sent.get()
-    }
-
-    /// Whether everything queued was written (or can never be).
-    pub fn is_drained(&self) -> bool {
-        self.dead.get() || self.queued() == 0
+        self.buf.borrow().len()
     }
 
     /// Completes once the outbox is closing or interrupted. For the reader task only.
@@ -189,6 +182,11 @@ impl Outbox {
         }
     }
 
+    /// Whether the writer has finished (socket write side shut, failed or aborted).
+    pub fn writer_done(&self) -> bool {
+        self.writer_done.get()
+    }
+
     /// Empties the queue as a writer would (benchmarks drive outboxes without sockets).
     #[doc(hidden)]
     pub fn take_for_bench(&self) -> Vec<u8> {
@@ -201,88 +199,60 @@ impl Outbox {
         }
     }
 
-    /// Writes what is queued whenever there is something, forever: poll it next to whatever
-    /// else the connection waits for. It never completes; a write error makes the outbox dead
-    /// (and wakes the reader side, which then ends the connection).
-    pub async fn drive(&self, socket: &mut WriteHalf) {
+    async fn abort_signal(&self) {
         poll_fn(|cx| {
-            if !self.dead.get() {
-                match self.poll_flush(cx, socket) {
-                    Poll::Ready(Ok(())) | Poll::Pending => {}
-                    Poll::Ready(Err(_)) => self.die(),
-                }
-            }
-            Poll::<()>::Pending
-        })
-        .await
-    }
-
-    /// Writes what is queued and completes when nothing is (or a write failed).
-    pub async fn flush(&self, socket: &mut WriteHalf) {
-        poll_fn(|cx| {
-            if self.dead.get() {
+            if self.aborted.get() {
                 return Poll::Ready(());
             }
-            match self.poll_flush(cx, socket) {
-                Poll::Ready(Ok(())) => Poll::Ready(()),
-                Poll::Ready(Err(_)) => {
-                    self.die();
-                    Poll::Ready(())
-                }
-                Poll::Pending => Poll::Pending,
-            }
+            self.writer.set(Some(cx.waker().clone()));
+            Poll::Pending
         })
         .await
     }
 
-    /// Shuts the socket's write side once the close frame is out.
-    pub async fn shutdown(&self, socket: &mut WriteHalf) {
-        if !self.dead.get() {
-            let _ = socket.shutdown().await;
-        }
-    }
-
-    fn die(&self) {
-        self.dead.set(true);
-        self.closing.set(true);
-        *self.buf.borrow_mut() = Vec::new();
-        self.sent.set(0);
-        self.wake_reader();
-    }
-
-    /// Writes `buf[sent..]` until it is empty (Ready) or the socket is full (Pending, with the
-    /// task's waker registered both for writability and for new pushes). Progress lives in
-    /// `sent`, so dropping the future between polls loses nothing.
-    fn poll_flush(&self, cx: &mut Context<'_>, socket: &mut WriteHalf) -> Poll<io::Result<()>> {
+    /// The writer task: sends queued bytes until closing and drained, a write fails, or abort.
+    pub async fn run_writer(&self, mut socket: WriteHalf) {
+        let mut spare = Vec::new();
         loop {
-            let result = {
-                let buf = self.buf.borrow();
-                if self.sent.get() >= buf.len() {
-                    None
+            poll_fn(|cx| {
+                if !self.buf.borrow().is_empty() || self.closing.get() {
+                    Poll::Ready(())
                 } else {
-                    Some(Pin::new(&mut *socket).poll_write(cx, &buf[self.sent.get()..]))
-                }
-            };
-            match result {
-                None => {
-                    // Everything is out: going idle keeps no buffer (idle connections must
-                    // stay small); wait for the next push.
-                    *self.buf.borrow_mut() = Vec::new();
-                    self.sent.set(0);
                     self.writer.set(Some(cx.waker().clone()));
-                    return Poll::Ready(Ok(()));
+                    Poll::Pending
                 }
-                Some(Poll::Ready(Ok(0))) => {
-                    return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero)))
+            })
+            .await;
+            if self.aborted.get() {
+                break;
+            }
+            std::mem::swap(&mut *self.buf.borrow_mut(), &mut spare);
+            if !spare.is_empty() {
+                let written = monoio::select! {
+                    r = socket.write_all(&spare) => r.is_ok(),
+                    _ = self.abort_signal() => false,
+                };
+                if !written {
+                    // The peer is gone (or never reads): stop accepting frames and let the
+                    // reader finish.
+                    self.closing.set(true);
+                    self.wake_reader();
+                    break;
                 }
-                Some(Poll::Ready(Ok(n))) => self.sent.set(self.sent.get() + n),
-                Some(Poll::Ready(Err(e))) => return Poll::Ready(Err(e)),
-                Some(Poll::Pending) => {
-                    self.writer.set(Some(cx.waker().clone()));
-                    return Poll::Pending;
+                spare.clear();
+                let mut queued = self.buf.borrow_mut();
+                if queued.is_empty() {
+                    // Going idle: keep no buffers (idle connections must stay small).
+                    spare = Vec::new();
+                    *queued = Vec::new();
                 }
             }
+            if self.closing.get() && self.buf.borrow().is_empty() {
+                let _ = socket.shutdown().await;
+                break;
+            }
         }
+        self.writer_done.set(true);
     }
 }
 

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use fastwebsockets::{Frame, OpCode, Role, WebSocketError};
 
 use super::outbox::{Class, Outbox};
-use super::split::{Feed, Input, WriteHalf};
+use super::split::{Feed, Input};
 use crate::protocol::frame::{client_frame_len, control_frame, Message, MessageAssembler};
 use crate::protocol::CloseCode;
 
@@ -77,7 +77,6 @@ fn interrupted(outbox: &Outbox) -> End {
 /// Reads and hands over messages until the connection ends.
 pub(crate) async fn read_loop<H: Handler>(
     input: &mut Input,
-    write: &mut WriteHalf,
     outbox: &Outbox,
     scratch: &RefCell<Vec<u8>>,
     limits: Limits,
@@ -93,7 +92,6 @@ pub(crate) async fn read_loop<H: Handler>(
             let filled = monoio::select! {
                 r = input.fill(scratch) => r,
                 _ = outbox.interrupted() => return interrupted(outbox),
-                _ = outbox.drive(write) => unreachable!("drive never completes"),
             };
             match filled {
                 Ok(true) => {}
@@ -101,7 +99,7 @@ pub(crate) async fn read_loop<H: Handler>(
             }
         }
         // Boxed: the parser and handler state exist only while there is input to handle.
-        let burst = Box::pin(burst(input, write, outbox, limits, &mut assembler, handler));
+        let burst = Box::pin(burst(input, outbox, limits, &mut assembler, handler));
         if let Some(end) = burst.await {
             return end;
         }
@@ -228,7 +226,6 @@ pub fn decode_stream(bytes: &[u8], limits: Limits) -> Vec<Step> {
 /// is dropped, with its read buffer) or the connection ends.
 async fn burst<H: Handler>(
     input: &mut Input,
-    write: &mut WriteHalf,
     outbox: &Outbox,
     limits: Limits,
     assembler: &mut MessageAssembler,
@@ -255,13 +252,9 @@ async fn burst<H: Handler>(
             if consumed == fed.get() {
                 return Some(End::Draining);
             }
-            let read = monoio::time::timeout(DRAIN_READ_GRACE, ws.read_frame(&mut send));
-            monoio::select! {
-                f = read => match f {
-                    Ok(f) => f,
-                    Err(_) => return Some(End::Draining),
-                },
-                _ = outbox.drive(write) => unreachable!("drive never completes"),
+            match monoio::time::timeout(DRAIN_READ_GRACE, ws.read_frame(&mut send)).await {
+                Ok(f) => f,
+                Err(_) => return Some(End::Draining),
             }
         } else {
             monoio::select! {
@@ -272,7 +265,6 @@ async fn burst<H: Handler>(
                     }
                     return Some(interrupted(outbox));
                 }
-                _ = outbox.drive(write) => unreachable!("drive never completes"),
             }
         };
         let frame = match frame {
@@ -286,14 +278,7 @@ async fn burst<H: Handler>(
             Step::Pong(pong) => {
                 outbox.push_class(&pong, Class::Volatile);
             }
-            Step::Message(message) => {
-                // Keep writing while the message is handled (a backend call may take long):
-                // this connection still receives what others send meanwhile.
-                monoio::select! {
-                    _ = handler.message(message, now) => {}
-                    _ = outbox.drive(write) => unreachable!("drive never completes"),
-                }
-            }
+            Step::Message(message) => handler.message(message, now).await,
             Step::End(end) => return Some(end),
         }
         if consumed == fed.get() {
@@ -303,10 +288,9 @@ async fn burst<H: Handler>(
     }
 }
 
-/// After our close frame: keep writing what is queued (the close frame) and read and discard
-/// until the peer closes (or [`LINGER`] passes), so unread input does not turn the close into
-/// a reset that could destroy the close frame. Then shut the write side.
-pub(crate) async fn linger(input: &mut Input, write: &mut WriteHalf, outbox: &Outbox) {
+/// After our close frame: read and discard until the peer closes (or [`LINGER`] passes), so
+/// unread input does not turn the close into a reset that could destroy the close frame.
+pub(crate) async fn linger(input: &mut Input, outbox: &Outbox) {
     let fed = Cell::new(0u64);
     let (mut ws, _) = fastwebsockets::after_handshake_split(
         Feed::new(input, &fed),
@@ -316,7 +300,7 @@ pub(crate) async fn linger(input: &mut Input, write: &mut WriteHalf, outbox: &Ou
     ws.set_auto_close(false);
     ws.set_auto_pong(false);
     let mut ignore = |_f: Frame<'_>| std::future::ready(Ok::<(), Infallible>(()));
-    let read_until_close = async {
+    let _ = monoio::time::timeout(LINGER, async {
         loop {
             match ws.read_frame(&mut ignore).await {
                 Ok(f) if f.opcode == OpCode::Close => break,
@@ -324,22 +308,19 @@ pub(crate) async fn linger(input: &mut Input, write: &mut WriteHalf, outbox: &Ou
                 Err(_) => break,
             }
         }
-    };
-    let _ = monoio::time::timeout(LINGER, async {
-        monoio::select! {
-            _ = read_until_close => {}
-            _ = outbox.drive(write) => unreachable!("drive never completes"),
+    })
+    .await;
+    finish(outbox).await;
+}
+
+/// Gives the writer a moment to flush what is queued (the close frame), then aborts it, so a
+/// peer that never reads cannot keep the socket (and its queue) alive.
+pub(crate) async fn finish(outbox: &Outbox) {
+    let _ = monoio::time::timeout(FLUSH_GRACE, async {
+        while !outbox.writer_done() {
+            monoio::time::sleep(Duration::from_millis(5)).await;
         }
     })
     .await;
-    finish(write, outbox).await;
-}
-
-/// Gives the socket a moment to take what is queued (the close frame), then shuts the write
-/// side; a peer that never reads cannot keep the connection (and its queue) alive.
-pub(crate) async fn finish(write: &mut WriteHalf, outbox: &Outbox) {
-    let _ = monoio::time::timeout(FLUSH_GRACE, outbox.flush(write)).await;
-    if outbox.is_drained() {
-        outbox.shutdown(write).await;
-    }
+    outbox.abort();
 }

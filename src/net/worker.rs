@@ -144,7 +144,7 @@ impl Signal {
 /// One authenticated connection, shared by its task and the worker's table.
 pub struct Conn {
     /// Outgoing bytes.
-    pub outbox: Outbox,
+    pub outbox: Rc<Outbox>,
     /// The sans-IO session.
     pub session: RefCell<Session>,
 }
