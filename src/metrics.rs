@@ -16,6 +16,7 @@
 //! | `socket_server_connections_refused_total` | reason | connections refused by the caps |
 //! | `socket_server_auth_cache_hits_total` | | authentications answered from the cache |
 //! | `socket_server_breaker_state` | | REST circuit breaker: 0 closed, 1 open, 2 half-open |
+//! | `socket_server_server_closes_total` | code | connections the server closed, by close code |
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -104,6 +105,7 @@ pub struct Metrics {
     refused: Family<ReasonLabel, Counter>,
     auth_cache_hits: Counter,
     breaker_state: Gauge,
+    closes: Family<CodeLabel, Counter>,
 }
 
 /// Handles the REST backend updates.
@@ -136,6 +138,7 @@ impl Metrics {
             refused: Family::default(),
             auth_cache_hits: Counter::default(),
             breaker_state: Gauge::default(),
+            closes: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -178,6 +181,11 @@ impl Metrics {
             "auth_cache_hits",
             "Authentications answered from the profile cache",
             m.auth_cache_hits.clone(),
+        );
+        registry.register(
+            "server_closes",
+            "Connections the server closed, by close code (limits, timeouts, auth, drain)",
+            m.closes.clone(),
         );
         registry.register(
             "breaker_state",
@@ -236,6 +244,15 @@ impl Metrics {
         self.errors
             .get_or_create(&CodeLabel {
                 code: code.as_str().to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts a close the server initiated with `code`.
+    pub fn closed(&self, code: crate::protocol::CloseCode) {
+        self.closes
+            .get_or_create(&CodeLabel {
+                code: code.code().to_string(),
             })
             .inc();
     }

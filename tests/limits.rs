@@ -68,6 +68,15 @@ fn a_client_that_stops_reading_is_cut_off_without_slowing_the_sender() {
     // And keeps being served afterwards.
     alice.send("ping", json!({}));
     alice.expect_type("pong");
+    let (_, metrics) = http_get(server.port, "/metrics");
+    assert!(
+        metrics.contains(r#"socket_server_slow_consumer_closes_total{worker="0"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"socket_server_server_closes_total{code="4009"} 1"#),
+        "{metrics}"
+    );
 }
 
 #[test]
@@ -92,6 +101,15 @@ fn messages_over_the_rate_are_refused_and_abuse_closes_4029() {
         alice.send("ping", json!({}));
     }
     assert_eq!(alice.expect_close(), Some(4029));
+    let (_, metrics) = http_get(server.port, "/metrics");
+    assert!(
+        metrics.contains(r#"socket_server_server_closes_total{code="4029"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"socket_server_errors_total{code="RATE_LIMITED"}"#),
+        "{metrics}"
+    );
 }
 
 #[test]

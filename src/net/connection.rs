@@ -179,6 +179,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
             "Server is shutting down",
         ));
         outbox.close(CloseCode::GoingAway);
+        worker.shared.metrics.closed(CloseCode::GoingAway);
         linger(&mut input, &outbox).await;
         return;
     }
@@ -257,7 +258,10 @@ async fn steady(
     )
     .await;
     match end {
-        End::Violation(code) => conn.outbox.close(code),
+        End::Violation(code) => {
+            worker.shared.metrics.closed(code);
+            conn.outbox.close(code);
+        }
         End::Draining => {
             // Still registered, so the worker's drain sends SERVER_SHUTDOWN + 1001 here once
             // every connection has finished the work it accepted.
@@ -301,6 +305,7 @@ fn reject(worker: &Worker, outbox: &Outbox, e: BackendError, req: &Request) {
         }
         .to_frame(),
     );
+    worker.shared.metrics.closed(close);
     outbox.close(close);
 }
 
@@ -343,6 +348,7 @@ impl Handler for Chat<'_> {
                     "Too many messages",
                     None,
                 );
+                self.worker.shared.metrics.closed(CloseCode::RateLimited);
                 self.conn.outbox.close(CloseCode::RateLimited);
                 return;
             }

@@ -389,6 +389,7 @@ impl Worker {
                 Pushed::Dropped => dropped += 1,
                 Pushed::Overflow => {
                     self.metrics.slow_consumers.inc();
+                    self.shared.metrics.closed(CloseCode::SlowConsumer);
                     tracing::warn!(user_id = %c.session.borrow().user().id, "Slow consumer closed");
                 }
             }
@@ -471,6 +472,7 @@ impl Worker {
                     }
                     Heartbeat::Expire => {
                         tracing::info!(user_id = %c.session.borrow().user().id, "Connection timed out");
+                        self.shared.metrics.closed(CloseCode::IdleTimeout);
                         c.outbox.close(CloseCode::IdleTimeout);
                     }
                 }
@@ -507,6 +509,7 @@ impl Worker {
             for slot in batch {
                 if let Some(c) = conns.get(*slot) {
                     c.outbox.push(&notice);
+                    self.shared.metrics.closed(CloseCode::GoingAway);
                     c.outbox.close(CloseCode::GoingAway);
                 }
             }
