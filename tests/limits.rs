@@ -136,3 +136,30 @@ fn connections_per_address_are_capped() {
         }
     }
 }
+
+#[test]
+fn slow_handshakes_and_slow_authentication_are_cut_off() {
+    use std::io::{Read, Write};
+    let p = pair();
+    let server = ServerBuilder::new(&p.store.path)
+        .env("AUTH_TIMEOUT", "300")
+        .spawn();
+    // Slowloris: half a request head, then nothing.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /?token=x HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgr")
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "expected the server to close, got {:?}", &buf[..n]);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
+        "closed after {waited:?}"
+    );
+    // The server still serves everyone else.
+    let (mut alice, _) = server.connect_ok(&p.alice);
+    alice.send("ping", json!({}));
+    alice.expect_type("pong");
+}
