@@ -281,6 +281,11 @@ async fn burst<H: Handler>(
             Step::Message(message) => handler.message(message, now).await,
             Step::End(end) => return Some(end),
         }
+        if outbox.is_closing() {
+            // The handler (or a limit) closed the connection: frames still buffered are not
+            // handled.
+            return Some(End::Closed);
+        }
         if consumed == fed.get() {
             // The parser holds no partial frame: drop it (and its buffer) until more input.
             return None;
