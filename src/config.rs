@@ -57,6 +57,8 @@ pub const DEFAULT_BACKEND_RETRIES: u32 = 2;
 pub const DEFAULT_BREAKER_THRESHOLD: u32 = 5;
 /// Default time the breaker stays open before probing, in milliseconds.
 pub const DEFAULT_BREAKER_COOLDOWN_MS: u64 = 5_000;
+/// Longest duration any setting accepts, in milliseconds (one day).
+pub const MAX_DURATION_MS: u64 = 86_400_000;
 /// Default cap on open connections per process.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
 
@@ -254,8 +256,27 @@ impl Config {
                 "must be between 16 bytes and 64 MiB",
             ));
         }
-        if self.max_outbox_bytes < 4096 {
-            return Err(bad("MAX_OUTBOX_BYTES", "must be at least 4096 bytes"));
+        if self.max_outbox_bytes < 2 * self.max_message_size + 1024 {
+            return Err(bad(
+                "MAX_OUTBOX_BYTES",
+                "must be at least 2 x MAX_MESSAGE_SIZE + 1024, or one large message closes its readers",
+            ));
+        }
+        for (var, ms) in [
+            ("HEARTBEAT_INTERVAL", self.heartbeat_interval_ms),
+            ("CONNECTION_TIMEOUT", self.connection_timeout_ms),
+            ("TYPING_TIMEOUT", self.typing_timeout_ms),
+            ("BACKEND_TIMEOUT", self.backend_timeout_ms),
+            ("AUTH_TIMEOUT", self.auth_timeout_ms),
+            ("SHUTDOWN_TIMEOUT", self.shutdown_timeout_ms),
+            ("DRAIN_WINDOW", self.drain_window_ms),
+            ("CHATS_REFETCH_INTERVAL", self.chats_refetch_interval_ms),
+            ("BREAKER_COOLDOWN", self.breaker_cooldown_ms),
+            ("AUTH_CACHE_TTL", self.auth_cache_ttl_ms),
+        ] {
+            if ms > MAX_DURATION_MS {
+                return Err(bad(var, "must be at most 86400000 ms (one day)"));
+            }
         }
         if self.rate_limit > 0 && self.rate_burst == 0 {
             return Err(bad(
@@ -284,8 +305,8 @@ impl Config {
         if self.backend_timeout_ms == 0 {
             return Err(bad("BACKEND_TIMEOUT", "must be at least 1 ms"));
         }
-        if self.backend_retries > 10 {
-            return Err(bad("BACKEND_RETRIES", "must be at most 10"));
+        if self.backend_retries > 5 {
+            return Err(bad("BACKEND_RETRIES", "must be at most 5"));
         }
         if self.auth_timeout_ms == 0 {
             return Err(bad("AUTH_TIMEOUT", "must be at least 1 ms"));
@@ -431,6 +452,10 @@ mod tests {
             "20",
         ]);
         assert_eq!(c.validate().unwrap_err().var, "CONNECTION_TIMEOUT");
+        let c = parse(&["--max-outbox-bytes", "8192"]);
+        assert_eq!(c.validate().unwrap_err().var, "MAX_OUTBOX_BYTES");
+        let c = parse(&["--typing-timeout-ms", "99999999999"]);
+        assert_eq!(c.validate().unwrap_err().var, "TYPING_TIMEOUT");
     }
 
     #[test]

@@ -999,9 +999,10 @@ fn client_errors_are_never_retried_nor_trip_the_breaker() {
         (Route::PostMessage, 400, "VALIDATION_ERROR"),
         (Route::PostMessage, 404, "NOT_PARTICIPANT"),
         (Route::PostMessage, 403, "NOT_PARTICIPANT"),
-        (Route::PostMessage, 401, "AUTH_FAILED"),
         (Route::MarkRead, 422, "VALIDATION_ERROR"),
         (Route::MarkRead, 404, "NOT_PARTICIPANT"),
+        // Last: a 401 mid-session ends the connection (AUTH_FAILED, then 4001).
+        (Route::PostMessage, 401, "AUTH_FAILED"),
     ];
     for (i, (route, status, code)) in cases.into_iter().enumerate() {
         api.set_route(route, Mode::Error(status));
@@ -1022,9 +1023,15 @@ fn client_errors_are_never_retried_nor_trip_the_breaker() {
             "{route:?} answered {status} must be tried exactly once"
         );
     }
+    assert_eq!(
+        alice.expect_close(),
+        Some(4001),
+        "AUTH_FAILED mid-session closes"
+    );
     // Seven 4xx in a row with BREAKER_THRESHOLD=2: the breaker stayed closed.
     assert_eq!(metric(server.port, BREAKER_METRIC), 0.0);
     api.set_route(Route::PostMessage, Mode::Normal);
+    let (mut alice, _) = server.connect_ok(ALICE);
     send_with_id(&mut alice, "room", "fine", "cm-ok");
     let m = alice.expect_type("chat:message");
     assert_eq!(m["message"]["content"], "fine");
@@ -1322,4 +1329,32 @@ fn unreachable_api_at_connect_is_http_error_then_close() {
     let (_c, connected) = server.connect_ok(ALICE);
     assert_eq!(connected["userId"], "alice");
     assert_eq!(server.http_get_status("/readyz"), 200);
+}
+
+#[test]
+fn client_bytes_that_cannot_form_a_request_never_reach_or_trip_the_api() {
+    let api = world();
+    let store = TestStore::new();
+    let server = gateway(&api, &store).env("BREAKER_THRESHOLD", "2").spawn();
+    // Tokens that cannot travel in an Authorization header: refused before any call.
+    for bad in ["%C3%A9", "a%0Ab", "tab%09x"] {
+        let mut c = connect_url(&format!("ws://127.0.0.1:{}/?token={bad}", server.port));
+        let e = c.expect_error("AUTH_FAILED");
+        assert_error_shape(&e);
+        assert_eq!(c.expect_close(), Some(4001));
+    }
+    assert!(
+        api.requests().is_empty(),
+        "calls made: {:?}",
+        api.requests().len()
+    );
+    // A clientMessageId that could not be an Idempotency-Key header is a validation error.
+    let (mut alice, _) = server.connect_ok(ALICE);
+    send_with_id(&mut alice, "room", "hi", "caf\u{e9}");
+    alice.expect_error("VALIDATION_ERROR");
+    assert_eq!(metric(server.port, BREAKER_METRIC), 0.0);
+    // The API is still used normally.
+    send_with_id(&mut alice, "room", "hi", "ok-1");
+    let m = alice.expect_type("chat:message");
+    assert_eq!(m["message"]["clientMessageId"], "ok-1");
 }

@@ -213,6 +213,16 @@ fn map_error(e: ureq::Error) -> BackendError {
                 },
             }
         }
+        ureq::Error::Transport(t)
+            if matches!(
+                t.kind(),
+                ureq::ErrorKind::BadHeader | ureq::ErrorKind::InvalidUrl
+            ) =>
+        {
+            // The request itself could not be formed (client-supplied bytes): an answer to
+            // that client, not a fault of the API, so never retried nor counted by the breaker.
+            BackendError::InvalidRequest("Request cannot be sent to the HTTP API".into())
+        }
         ureq::Error::Transport(t) => {
             let timed_out = std::error::Error::source(&t)
                 .and_then(|s| s.downcast_ref::<std::io::Error>())

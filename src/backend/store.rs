@@ -78,7 +78,7 @@ fn failed(e: rusqlite::Error) -> BackendError {
 enum Request {
     Authenticate(String, Responder<Profile>),
     Chats(String, Responder<Vec<String>>),
-    Create(NewMessage, Responder<ChatMessage>),
+    Create(String, NewMessage, Responder<ChatMessage>),
     Read {
         token: String,
         chat_id: String,
@@ -162,7 +162,7 @@ fn fail(req: Request, e: &BackendError) {
     match req {
         Request::Authenticate(_, r) => answer(r, Err(BackendError::Stopped))(e),
         Request::Chats(_, r) => answer(r, Err(BackendError::Stopped))(e),
-        Request::Create(_, r) => answer(r, Err(BackendError::Stopped))(e),
+        Request::Create(_, _, r) => answer(r, Err(BackendError::Stopped))(e),
         Request::Read { reply, .. } => answer(reply, Err(BackendError::Stopped))(e),
         Request::Probe(r) => answer(r, Err(BackendError::Stopped))(e),
     }
@@ -172,7 +172,7 @@ fn handle(tx: &Transaction<'_>, req: Request) -> Answer {
     match req {
         Request::Authenticate(token, r) => answer(r, authenticate(tx, &token)),
         Request::Chats(token, r) => answer(r, chats(tx, &token)),
-        Request::Create(m, r) => answer(r, create(tx, m)),
+        Request::Create(token, m, r) => answer(r, create(tx, &token, m)),
         Request::Read {
             token,
             chat_id,
@@ -224,7 +224,11 @@ fn is_participant(tx: &Transaction<'_>, chat: &str, user: &str) -> BackendResult
         .map_err(failed)
 }
 
-fn create(tx: &Transaction<'_>, m: NewMessage) -> BackendResult<ChatMessage> {
+fn create(tx: &Transaction<'_>, token: &str, m: NewMessage) -> BackendResult<ChatMessage> {
+    // The token is checked on every write, so a revoked token stops working at once.
+    if user_of(tx, token)? != m.sender_id {
+        return Err(BackendError::TokenRejected("Invalid token".into()));
+    }
     if !is_participant(tx, &m.chat_id, &m.sender_id)? {
         return Err(BackendError::NotParticipant(
             "Not a participant of this chat".into(),
@@ -300,8 +304,9 @@ impl Backend for Store {
         let token = token.to_string();
         self.send(|r| Request::Chats(token, r))
     }
-    fn create_message(&self, _token: &str, message: NewMessage) -> Reply<ChatMessage> {
-        self.send(|r| Request::Create(message, r))
+    fn create_message(&self, token: &str, message: NewMessage) -> Reply<ChatMessage> {
+        let token = token.to_string();
+        self.send(|r| Request::Create(token, message, r))
     }
     fn mark_read(&self, token: &str, chat_id: &str, message_id: &str) -> Reply<Option<String>> {
         let (token, chat_id, message_id) = (
@@ -471,6 +476,13 @@ mod tests {
         assert_eq!(
             block(store.create_message(&bob, new("bob"))).unwrap_err(),
             BackendError::NotParticipant("Not a participant of this chat".into())
+        );
+        // A token that is not the sender's (revoked, or someone else's) cannot post.
+        assert_eq!(
+            block(store.create_message("revoked", new("ann")))
+                .unwrap_err()
+                .code(),
+            crate::protocol::ErrorCode::AuthFailed
         );
         assert!(block(store.mark_read(&ann, "c1", &m.id)).unwrap().is_some());
         assert!(matches!(

@@ -102,8 +102,12 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
     };
     let Some(upgrade) = req.upgrade.clone() else {
         let response = crate::http::respond(&worker, &req).await;
-        let _ = stream.write_all(&response).await;
-        let _ = stream.shutdown().await;
+        // Bounded: a client that never reads must not hold a connection slot forever.
+        let _ = monoio::time::timeout(worker.config().auth_timeout(), async {
+            let _ = stream.write_all(&response).await;
+            let _ = stream.shutdown().await;
+        })
+        .await;
         return;
     };
     if !handshake::origin_allowed(
@@ -142,7 +146,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
         async move { outbox.run_writer(write_half).await }
     });
 
-    let Some(token) = upgrade.token else {
+    let Some(token) = upgrade.token.filter(|t| handshake::token_is_well_formed(t)) else {
         reject(
             &worker,
             &outbox,
@@ -384,6 +388,8 @@ fn send_error(
     status: Option<u16>,
 ) {
     worker.shared.metrics.error(code);
+    // Codes that end the connection (AUTH_FAILED mid-session: the token was revoked) do so.
+    let close = code.close_code();
     let details = ErrorDetails { status };
     outbox.push(
         &Outbound::Error {
@@ -393,6 +399,10 @@ fn send_error(
         }
         .to_frame(),
     );
+    if let Some(close) = close {
+        worker.shared.metrics.closed(close);
+        outbox.close(close);
+    }
 }
 
 fn not_participant(worker: &Worker, conn: &Conn) {

@@ -170,35 +170,44 @@ fn find_token(
     authorization: Option<&str>,
     protocol: Option<&str>,
 ) -> (Option<String>, bool) {
+    // A browser that offered the `bearer` subprotocol fails the handshake unless it is
+    // selected, wherever the token itself came from.
+    let mut offered = protocol
+        .map(|p| p.split(',').map(str::trim))
+        .into_iter()
+        .flatten();
+    let bearer_offered = offered
+        .next()
+        .is_some_and(|first| first.eq_ignore_ascii_case("bearer"));
+    let from_protocol = if bearer_offered {
+        offered.next().filter(|t| !t.is_empty())
+    } else {
+        None
+    };
     for pair in query.split('&') {
         if let Some(v) = pair.strip_prefix("token=") {
             let v = percent_decode_str(&v.replace('+', " "))
                 .decode_utf8_lossy()
                 .into_owned();
             if !v.is_empty() {
-                return (Some(v), false);
+                return (Some(v), bearer_offered);
             }
         }
     }
     if let Some(auth) = authorization {
         if let Some((scheme, t)) = auth.split_once(' ') {
             if scheme.eq_ignore_ascii_case("bearer") && !t.trim().is_empty() {
-                return (Some(t.trim().to_string()), false);
+                return (Some(t.trim().to_string()), bearer_offered);
             }
         }
     }
-    if let Some(p) = protocol {
-        let mut parts = p.split(',').map(str::trim);
-        if parts
-            .next()
-            .is_some_and(|first| first.eq_ignore_ascii_case("bearer"))
-        {
-            if let Some(t) = parts.next().filter(|t| !t.is_empty()) {
-                return (Some(t.to_string()), true);
-            }
-        }
-    }
-    (None, false)
+    (from_protocol.map(str::to_string), bearer_offered)
+}
+
+/// Whether a token can travel in an `Authorization` header: visible ASCII only (RFC 6750's
+/// b64token is a subset). Anything else is rejected before any backend call.
+pub fn token_is_well_formed(token: &str) -> bool {
+    !token.is_empty() && token.len() <= 4096 && token.bytes().all(|b| (0x21..=0x7e).contains(&b))
 }
 
 /// `Sec-WebSocket-Accept` for a key (RFC 6455 §4.2.2).
@@ -289,6 +298,16 @@ mod tests {
         assert_eq!(r.upgrade.unwrap().token.as_deref(), Some("abc"));
         let (r, _) = upgrade("", "/").unwrap().unwrap();
         assert_eq!(r.upgrade.unwrap().token, None);
+        // Offered `bearer` is selected even when the token came in the query.
+        let (r, _) = upgrade("Sec-WebSocket-Protocol: bearer, other\r\n", "/?token=q")
+            .unwrap()
+            .unwrap();
+        let up = r.upgrade.unwrap();
+        assert_eq!((up.token.as_deref(), up.bearer_protocol), (Some("q"), true));
+        assert!(token_is_well_formed("sst_abc-DEF.~+/="));
+        assert!(!token_is_well_formed("caf\u{e9}"));
+        assert!(!token_is_well_formed("a b"));
+        assert!(!token_is_well_formed("a\nb"));
     }
 
     #[test]

@@ -244,27 +244,34 @@ async fn burst<H: Handler>(
     ws.set_auto_pong(false);
     let mut send = |f: Frame<'_>| obligated(outbox, f);
     loop {
-        // Cancelling `read_frame` can lose a partly read frame; it is only cancelled when the
-        // connection is ending anyway.
-        let frame = if handler.draining() && !outbox.is_closing() {
-            // Draining: frames already read from the socket were accepted and are finished
-            // (answered or delivered); nothing more is read once those are done.
-            if consumed == fed.get() {
-                return Some(End::Draining);
-            }
-            match monoio::time::timeout(DRAIN_READ_GRACE, ws.read_frame(&mut send)).await {
-                Ok(f) => f,
-                Err(_) => return Some(End::Draining),
-            }
-        } else {
-            monoio::select! {
-                f = ws.read_frame(&mut send) => f,
-                _ = outbox.interrupted() => {
-                    if handler.draining() && !outbox.is_closing() {
-                        continue;
-                    }
-                    return Some(interrupted(outbox));
+        // A frame counts as accepted once its first bytes were read from the socket: the
+        // drain finishes it (bounded by DRAIN_READ_GRACE) but reads nothing new.
+        let parser_idle = consumed == fed.get() && fed.get() > 0;
+        if handler.draining() && !outbox.is_closing() && parser_idle {
+            return Some(End::Draining);
+        }
+        // One read future per frame, never dropped half-way while the connection lives:
+        // fastwebsockets loses a partly read frame if its future is cancelled.
+        let mut read = std::pin::pin!(ws.read_frame(&mut send));
+        let frame = loop {
+            if handler.draining() && !outbox.is_closing() {
+                match monoio::time::timeout(DRAIN_READ_GRACE, &mut read).await {
+                    Ok(f) => break f,
+                    Err(_) => return Some(End::Draining),
                 }
+            }
+            monoio::select! {
+                biased;
+                _ = outbox.interrupted() => {
+                    if outbox.is_closing() {
+                        return Some(interrupted(outbox));
+                    }
+                    if consumed == fed.get() && fed.get() > 0 {
+                        return Some(End::Draining);
+                    }
+                    // Draining with a frame in progress: finish it (loop above).
+                }
+                f = &mut read => break f,
             }
         };
         let frame = match frame {
@@ -304,6 +311,9 @@ pub(crate) async fn linger(input: &mut Input, outbox: &Outbox) {
     );
     ws.set_auto_close(false);
     ws.set_auto_pong(false);
+    // Only control frames are expected now; a big frame ends the linger instead of making the
+    // parser reserve room for it.
+    ws.set_max_message_size(MAX_CONTROL_PAYLOAD + 1);
     let mut ignore = |_f: Frame<'_>| std::future::ready(Ok::<(), Infallible>(()));
     let _ = monoio::time::timeout(LINGER, async {
         loop {

@@ -44,6 +44,9 @@ use crate::systemd::Liveness;
 const MAX_TICK: Duration = Duration::from_millis(100);
 /// Size of the worker's shared read buffer: the most one socket read takes in one go.
 const READ_SCRATCH: usize = 16 * 1024;
+/// Stack of a worker thread (virtual; only touched pages count). Generous, as parsing and
+/// serialisation recurse.
+const WORKER_STACK: usize = 8 << 20;
 /// Most batches the drain closes connections in.
 const DRAIN_BATCHES: usize = 10;
 /// How long the drain waits for connections to finish their close handshake.
@@ -275,12 +278,27 @@ impl Worker {
     /// Runs a backend call (`call` indexes [`crate::metrics::CALLS`]), timed, and counted as
     /// in flight so the drain can wait for it.
     pub async fn backend_call<T>(&self, call: usize, f: impl std::future::Future<Output = T>) -> T {
+        /// Counts the call down (and times it) even if the caller gives up on it (a timeout
+        /// drops the future).
+        struct InFlight<'a> {
+            worker: &'a Worker,
+            call: usize,
+            started: Instant,
+        }
+        impl Drop for InFlight<'_> {
+            fn drop(&mut self) {
+                let w = self.worker;
+                w.metrics.backend[self.call].observe(self.started.elapsed().as_secs_f64());
+                w.inflight.set(w.inflight.get() - 1);
+            }
+        }
         self.inflight.set(self.inflight.get() + 1);
-        let started = Instant::now();
-        let out = f.await;
-        self.metrics.backend[call].observe(started.elapsed().as_secs_f64());
-        self.inflight.set(self.inflight.get() - 1);
-        out
+        let _guard = InFlight {
+            worker: self,
+            call,
+            started: Instant::now(),
+        };
+        f.await
     }
 
     /// Adds an authenticated connection: joins its rooms and counts its presence.
@@ -335,13 +353,33 @@ impl Worker {
 
     /// Moves a connection between rooms after its chat list was re-fetched.
     pub fn rejoin(&self, slot: usize, joined: &[Arc<str>], left: &[Arc<str>]) {
-        let mut rooms = self.rooms.borrow_mut();
-        for chat in joined {
-            rooms.join(chat, slot);
+        {
+            let mut rooms = self.rooms.borrow_mut();
+            for chat in joined {
+                rooms.join(chat, slot);
+            }
+            for chat in left {
+                rooms.leave(chat, slot);
+            }
         }
+        // An indicator in a chat the user left ends for the others now, not at its expiry.
         for chat in left {
-            rooms.leave(chat, slot);
-            self.typing.borrow_mut().stop(&(slot, chat.clone()));
+            if self.typing.borrow_mut().stop(&(slot, chat.clone())) {
+                let frame = {
+                    let conns = self.conns.borrow();
+                    let Some(c) = conns.get(slot) else { continue };
+                    let s = c.session.borrow();
+                    let u = s.user();
+                    Outbound::ChatTyping {
+                        chat_id: chat,
+                        user_id: &u.id,
+                        user_name: &u.name,
+                        is_typing: false,
+                    }
+                    .to_frame()
+                };
+                self.publish(vec![chat.clone()], frame, None, EventKind::Typing);
+            }
         }
     }
 
@@ -461,7 +499,8 @@ impl Worker {
                 }
                 .to_frame()
             };
-            self.publish(vec![chat], frame, None, EventKind::Typing);
+            // To the chat but not the typing connection, like the `chat:typing` it ends.
+            self.publish(vec![chat], frame, Some((self.id, slot)), EventKind::Typing);
         }
         if heartbeat_due {
             let ping = control_frame(fastwebsockets::OpCode::Ping, b"");
@@ -614,6 +653,7 @@ pub fn start(
         };
         let handle = std::thread::Builder::new()
             .name(format!("worker-{id}"))
+            .stack_size(WORKER_STACK)
             .spawn(move || {
                 if let Some(core) = core {
                     core_affinity::set_for_current(core);

@@ -15,6 +15,11 @@ use super::ErrorCode;
 
 /// Longest accepted `clientMessageId`, in bytes.
 pub const MAX_CLIENT_MESSAGE_ID_LEN: usize = 128;
+/// Deepest nesting of arrays and objects accepted in a client message.
+pub const MAX_NESTING: usize = 32;
+/// Messages up to this many bytes are parsed without the nesting scan (they cannot nest more
+/// than half as deep, far from any stack limit).
+const SHALLOW_ENOUGH: usize = 256;
 /// Longest `type` echoed back in an "unknown type" error, in bytes.
 const MAX_ECHOED_TYPE_LEN: usize = 64;
 
@@ -85,6 +90,9 @@ pub enum InboundError {
     /// The `type` is not one the server knows.
     #[error("Unknown message type: {0}")]
     UnknownType(String),
+    /// Arrays and objects nested deeper than [`MAX_NESTING`].
+    #[error("Message nested too deeply")]
+    TooDeep,
     /// A required payload field is missing, empty or of the wrong type.
     #[error("{0}")]
     InvalidPayload(&'static str),
@@ -97,6 +105,7 @@ impl InboundError {
             InboundError::InvalidJson
             | InboundError::MissingType
             | InboundError::TypeNotAString
+            | InboundError::TooDeep
             | InboundError::UnknownType(_) => ErrorCode::InvalidMessage,
             InboundError::InvalidPayload(_) => ErrorCode::ValidationError,
         }
@@ -178,6 +187,34 @@ impl<'de: 'a, 'a> Deserialize<'de> for Kind<'a> {
     }
 }
 
+/// Whether `[`/`{` nest deeper than `max` anywhere outside strings.
+fn nesting_depth_exceeds(bytes: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in bytes {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 /// A structural JSON error (the bytes are not JSON) as opposed to JSON of the wrong shape.
 /// Literal errors (`ExpectedNull`, `ExpectedTrue`, …) are syntax: `not json` fails as a bad
 /// `null`.
@@ -210,6 +247,11 @@ pub fn parse(bytes: &mut [u8]) -> Result<Command, InboundError> {
     // Only an object can be an envelope; anything else is not a message at all.
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(InboundError::InvalidJson);
+    }
+    // Deserialising ignored values recurses once per nesting level with no limit of its own:
+    // bound it before parsing. Short messages cannot nest deeply enough to matter.
+    if bytes.len() > SHALLOW_ENOUGH && nesting_depth_exceeds(bytes, MAX_NESTING) {
+        return Err(InboundError::TooDeep);
     }
     let env: Envelope<'_> = simd_json::serde::from_slice(bytes).map_err(|e| {
         if is_syntax_error(e.error()) {
@@ -247,6 +289,12 @@ fn validate(env: Envelope<'_>) -> Result<Command, InboundError> {
                     return Err(InboundError::InvalidPayload("clientMessageId is too long"))
                 }
                 Some(id) if id.is_empty() => None,
+                // It travels as an HTTP header (Idempotency-Key) to the REST API.
+                Some(id) if !id.bytes().all(|b| (0x20..=0x7e).contains(&b)) => {
+                    return Err(InboundError::InvalidPayload(
+                        "clientMessageId must be printable ASCII",
+                    ))
+                }
                 other => other.map(Cow::into_owned),
             };
             Ok(Command::SendMessage {
@@ -347,6 +395,26 @@ mod tests {
         assert_eq!(e.code(), ErrorCode::ValidationError);
         let e = p(r#"{"type":"chat:read","payload":{"chatId":5,"messageId":"m"}}"#).unwrap_err();
         assert_eq!(e.code(), ErrorCode::ValidationError);
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_parsing() {
+        let deep = format!(
+            r#"{{"type":"ping","x":{}{}}}"#,
+            "[".repeat(5000),
+            "]".repeat(5000)
+        );
+        assert_eq!(p(&deep).unwrap_err(), InboundError::TooDeep);
+        let bracket_in_string = format!(r#"{{"type":"ping","x":"{}"}}"#, "[".repeat(5000));
+        assert_eq!(p(&bracket_in_string), Ok(Command::Ping));
+        let escaped_quote = format!(r#"{{"type":"ping","x":"\"{}"}}"#, "[".repeat(500));
+        assert_eq!(p(&escaped_quote), Ok(Command::Ping));
+        let fine = format!(
+            r#"{{"type":"ping","x":{}{}}}"#,
+            "[".repeat(20),
+            "]".repeat(20)
+        );
+        assert_eq!(p(&fine), Ok(Command::Ping));
     }
 
     #[test]
