@@ -11,6 +11,8 @@ use crate::net::worker::Worker;
 
 /// The demo chat page.
 const DEMO_PAGE: &str = include_str!("demo.html");
+/// How long a `/readyz` probe result is reused.
+const PROBE_CACHE: Duration = Duration::from_secs(1);
 /// How long `/readyz` waits for the backend probe.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -37,12 +39,21 @@ pub async fn respond(worker: &Worker, req: &Request) -> Vec<u8> {
             let listening = shared.listening.load(std::sync::atomic::Ordering::SeqCst);
             let stopping = shared.stopping.load(std::sync::atomic::Ordering::SeqCst);
             let backend = shared.backend.clone();
-            let probe = monoio::time::timeout(
-                PROBE_TIMEOUT,
-                worker.backend_call(crate::metrics::call::PROBE, backend.probe()),
-            )
-            .await;
-            let backend_ok = matches!(probe, Ok(Ok(())));
+            // One probe per worker per PROBE_CACHE at most: readiness checks must not crowd
+            // the REST pool that serves users.
+            let backend_ok = match worker.cached_probe(PROBE_CACHE) {
+                Some(ok) => ok,
+                None => {
+                    let probe = monoio::time::timeout(
+                        PROBE_TIMEOUT,
+                        worker.backend_call(crate::metrics::call::PROBE, backend.probe()),
+                    )
+                    .await;
+                    let ok = matches!(probe, Ok(Ok(())));
+                    worker.remember_probe(ok);
+                    ok
+                }
+            };
             let ready = listening == shared.workers() && backend_ok && !stopping;
             let body = format!(
                 r#"{{"ready":{ready},"workersListening":{listening},"workers":{},"backend":"{}","backendReachable":{backend_ok},"stopping":{stopping}}}"#,

@@ -170,6 +170,7 @@ pub struct Worker {
     inflight: Cell<usize>,
     tasks: Cell<usize>,
     parked: Cell<usize>,
+    last_probe: Cell<Option<(Instant, bool)>>,
     /// This worker's metric handles.
     pub metrics: WorkerMetrics,
 }
@@ -230,6 +231,7 @@ impl Worker {
             inflight: Cell::new(0),
             tasks: Cell::new(0),
             parked: Cell::new(0),
+            last_probe: Cell::new(None),
         }
     }
 
@@ -559,6 +561,19 @@ impl Worker {
         while self.tasks.get() > 0 && Instant::now() < deadline {
             monoio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    /// The last backend probe result, if younger than `max_age`.
+    pub fn cached_probe(&self, max_age: Duration) -> Option<bool> {
+        self.last_probe
+            .get()
+            .filter(|(at, _)| at.elapsed() < max_age)
+            .map(|(_, ok)| ok)
+    }
+
+    /// Records a backend probe result.
+    pub fn remember_probe(&self, ok: bool) {
+        self.last_probe.set(Some((Instant::now(), ok)));
     }
 
     /// A connection finished its accepted work during the drain and waits to be closed.
