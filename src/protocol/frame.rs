@@ -117,6 +117,8 @@ pub struct MessageAssembler {
     opcode: Option<OpCode>,
     fragments: usize,
     buf: BytesMut,
+    /// Bytes of `buf` known to be valid UTF-8 (text messages).
+    checked: usize,
 }
 
 impl MessageAssembler {
@@ -128,6 +130,7 @@ impl MessageAssembler {
             opcode: None,
             fragments: 0,
             buf: BytesMut::new(),
+            checked: 0,
         }
     }
 
@@ -159,16 +162,35 @@ impl MessageAssembler {
                 self.buf.extend_from_slice(&frame.payload);
                 let opcode = current.unwrap_or(opcode);
                 self.opcode = Some(opcode);
+                if opcode == OpCode::Text {
+                    // Fail fast: invalid UTF-8 is refused at the fragment that carries it, not
+                    // when the message completes (RFC 6455 §8.1); only a character split across
+                    // fragments may wait for the next one.
+                    self.checked = utf8_prefix(&self.buf, self.checked)?;
+                }
                 if !frame.fin {
                     return Ok(None);
                 }
                 let payload = std::mem::take(&mut self.buf);
+                let checked = std::mem::take(&mut self.checked);
                 self.opcode = None;
                 self.fragments = 0;
-                check_utf8(opcode, &payload)?;
+                if opcode == OpCode::Text && checked != payload.len() {
+                    return Err(FrameError::InvalidUtf8);
+                }
                 Ok(Some(Message { opcode, payload }))
             }
         }
+    }
+}
+
+/// How much of `buf` is valid UTF-8 given the first `from` bytes were: everything, or up to a
+/// character still incomplete at the end. An invalid sequence anywhere is an error.
+fn utf8_prefix(buf: &[u8], from: usize) -> Result<usize, FrameError> {
+    match std::str::from_utf8(&buf[from..]) {
+        Ok(_) => Ok(buf.len()),
+        Err(e) if e.error_len().is_none() => Ok(from + e.valid_up_to()),
+        Err(_) => Err(FrameError::InvalidUtf8),
     }
 }
 
@@ -266,6 +288,23 @@ mod tests {
             a.push(frag(true, OpCode::Text, b"12345678901"))
                 .unwrap_err(),
             FrameError::MessageTooBig
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_fails_at_its_fragment() {
+        let mut a = MessageAssembler::new(100, 10);
+        a.push(frag(false, OpCode::Text, b"ok")).unwrap();
+        assert_eq!(
+            a.push(frag(false, OpCode::Continuation, &[0xff])).unwrap_err(),
+            FrameError::InvalidUtf8
+        );
+        // A truncated character at the very end is invalid too.
+        let mut a = MessageAssembler::new(100, 10);
+        a.push(frag(false, OpCode::Text, &"é".as_bytes()[..1])).unwrap();
+        assert_eq!(
+            a.push(frag(true, OpCode::Continuation, b"")).unwrap_err(),
+            FrameError::InvalidUtf8
         );
     }
 
