@@ -296,12 +296,14 @@ mod tests {
         let mut a = MessageAssembler::new(100, 10);
         a.push(frag(false, OpCode::Text, b"ok")).unwrap();
         assert_eq!(
-            a.push(frag(false, OpCode::Continuation, &[0xff])).unwrap_err(),
+            a.push(frag(false, OpCode::Continuation, &[0xff]))
+                .unwrap_err(),
             FrameError::InvalidUtf8
         );
         // A truncated character at the very end is invalid too.
         let mut a = MessageAssembler::new(100, 10);
-        a.push(frag(false, OpCode::Text, &"é".as_bytes()[..1])).unwrap();
+        a.push(frag(false, OpCode::Text, &"é".as_bytes()[..1]))
+            .unwrap();
         assert_eq!(
             a.push(frag(true, OpCode::Continuation, b"")).unwrap_err(),
             FrameError::InvalidUtf8
