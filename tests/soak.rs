@@ -32,21 +32,31 @@ fn churn_and_traffic_leave_rss_and_fds_flat() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(12);
+    // SOAK_BACKEND=fixture runs the same churn on the in-memory fixture (no SQLite), to tell
+    // the store's memory apart from the gateway's.
+    let fixture = std::env::var("SOAK_BACKEND").is_ok_and(|b| b == "fixture");
     let store = TestStore::new();
     let users: Vec<(String, String)> = (0..20)
         .map(|i| {
-            (
-                format!("u{i}"),
-                store.add_user(&format!("u{i}"), &format!("User {i}")),
-            )
+            let token = if fixture {
+                format!("t{i}")
+            } else {
+                store.add_user(&format!("u{i}"), &format!("User {i}"))
+            };
+            (format!("u{i}"), token)
         })
         .collect();
+    let chat = if fixture { "c0" } else { "soak" };
     let ids: Vec<&str> = users.iter().map(|(id, _)| id.as_str()).collect();
-    store.add_chat("soak", &ids);
-    let server = ServerBuilder::new(&store.path)
+    let mut builder = ServerBuilder::new(&store.path)
         .env("RATE_LIMIT", "0")
-        .env("LOG_LEVEL", "info")
-        .spawn();
+        .env("LOG_LEVEL", "info");
+    if fixture {
+        builder = builder.env("BENCH_FIXTURE", "20:1");
+    } else {
+        store.add_chat(chat, &ids);
+    }
+    let server = builder.spawn();
 
     // A steady listener that must keep receiving throughout.
     let (mut watcher, _) = server.connect_ok(&users[0].1);
@@ -65,9 +75,9 @@ fn churn_and_traffic_leave_rss_and_fds_flat() {
         for (i, c) in conns.iter_mut().enumerate() {
             c.send(
                 "chat:message",
-                json!({"chatId": "soak", "content": format!("r{round} c{i}")}),
+                json!({"chatId": chat, "content": format!("r{round} c{i}")}),
             );
-            c.send("chat:typing", json!({"chatId": "soak", "isTyping": true}));
+            c.send("chat:typing", json!({"chatId": chat, "isTyping": true}));
             sent += 1;
         }
         for c in conns.iter_mut() {
