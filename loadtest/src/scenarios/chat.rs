@@ -25,9 +25,8 @@ use anyhow::{bail, Result};
 use clap::Args;
 use serde::Serialize;
 
-use super::{await_setup, bottleneck_note, idle_until, open_chat_client, ChatCtx};
+use super::{await_setup, bottleneck_note, count_frames, idle_until, open_chat_client, ChatCtx};
 use crate::common::{parse_duration, Common};
-use crate::frames::Kind;
 use crate::report::{fmt_count, fmt_rate, Table};
 use crate::run::{self, wait_phase, Monitor, Phase, Shared, TimelinePoint, Window};
 
@@ -133,20 +132,7 @@ async fn client(ctx: Arc<ChatCtx>, args: Arc<ChatArgs>, j: u64) -> Result<()> {
         if conn.read().await? == 0 {
             bail!("server closed the connection");
         }
-        let (mut chat, mut other) = (0u64, 0u64);
-        let d = conn.drain(|k, p| match k {
-            Kind::ChatMessage => chat += 1,
-            Kind::Error => shared.server_error(p),
-            _ => other += 1,
-        })?;
-        if let Some(code) = d.closed {
-            bail!("server sent close (code {code})");
-        }
-        received += chat;
-        shared.deliveries.fetch_add(chat, Relaxed);
-        if other > 0 {
-            shared.other.fetch_add(other, Relaxed);
-        }
+        received += count_frames(&mut conn, shared)?;
     }
 }
 

@@ -92,6 +92,25 @@ pub async fn open_chat_client(
     Ok((conn, serde_json::to_string(&chat)?))
 }
 
+/// Walks the frames just read: counts chat messages (added to `deliveries`, and returned) and
+/// other frames, records server errors, and fails on a server close.
+pub fn count_frames(conn: &mut Conn, shared: &Shared) -> Result<u64> {
+    let (mut chat, mut other) = (0u64, 0u64);
+    let d = conn.drain(|k, p| match k {
+        Kind::ChatMessage => chat += 1,
+        Kind::Error => shared.server_error(p),
+        _ => other += 1,
+    })?;
+    if let Some(code) = d.closed {
+        bail!("server sent close (code {code})");
+    }
+    shared.deliveries.fetch_add(chat, Relaxed);
+    if other > 0 {
+        shared.other.fetch_add(other, Relaxed);
+    }
+    Ok(chat)
+}
+
 /// Keeps reading (counting and answering pings) until the phase reaches `until`.
 pub async fn idle_until(
     conn: &mut Conn,
@@ -107,17 +126,7 @@ pub async fn idle_until(
                 if r? == 0 {
                     bail!("server closed the connection");
                 }
-                let (mut chat, mut other) = (0, 0);
-                let d = conn.drain(|k, p| match k {
-                    Kind::ChatMessage => chat += 1,
-                    Kind::Error => shared.server_error(p),
-                    _ => other += 1,
-                })?;
-                if let Some(code) = d.closed {
-                    bail!("server sent close (code {code})");
-                }
-                shared.deliveries.fetch_add(chat, Relaxed);
-                shared.other.fetch_add(other, Relaxed);
+                count_frames(conn, shared)?;
                 conn.flush().await?;
             }
         }
