@@ -5,7 +5,9 @@
 //! queued (up to [`MAX_BATCH`]), runs it in one transaction and commits once, then answers —
 //! so a message is acknowledged (and broadcast) only after it is durable, and a burst of
 //! messages costs one commit, not one per message. Tokens are stored as SHA-256 hashes, never in
-//! clear. [`Admin`] is the synchronous face used by the CLI (`user add`, `chat add`) and demo
+//! clear. A message carrying a `clientMessageId` already stored for the same sender and chat
+//! is not stored again: the stored one is returned (and so re-broadcast with its original id).
+//! [`Admin`] is the synchronous face used by the CLI (`user add`, `chat add`) and demo
 //! seeding; it may run while a server has the file open (WAL allows it).
 
 use std::path::Path;
@@ -41,6 +43,8 @@ CREATE TABLE IF NOT EXISTS messages (
   chat_id TEXT NOT NULL REFERENCES chats(id) ON DELETE CASCADE, sender_id TEXT NOT NULL,
   content TEXT NOT NULL, created_at TEXT NOT NULL, client_message_id TEXT);
 CREATE INDEX IF NOT EXISTS messages_by_chat ON messages(chat_id, seq);
+CREATE INDEX IF NOT EXISTS messages_by_client_id ON messages(chat_id, sender_id, client_message_id)
+  WHERE client_message_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS read_receipts (
   message_id TEXT NOT NULL, user_id TEXT NOT NULL, chat_id TEXT NOT NULL, read_at TEXT NOT NULL,
   PRIMARY KEY (message_id, user_id));
@@ -233,6 +237,35 @@ fn create(tx: &Transaction<'_>, token: &str, m: NewMessage) -> BackendResult<Cha
         return Err(BackendError::NotParticipant(
             "Not a participant of this chat".into(),
         ));
+    }
+    // A resend (same sender, chat and clientMessageId, e.g. after a lost acknowledgement) gets
+    // the message already stored, never a second one: the store's side of the REST API's
+    // Idempotency-Key. One writer thread, so the look-up and the insert cannot race.
+    if let Some(id) = &m.client_message_id {
+        let stored = tx
+            .prepare_cached(
+                "SELECT id, content, created_at FROM messages
+                 WHERE chat_id = ?1 AND sender_id = ?2 AND client_message_id = ?3
+                 ORDER BY seq LIMIT 1",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![m.chat_id, m.sender_id, id], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                })
+                .optional()
+            })
+            .map_err(failed)?;
+        if let Some((id, content, created_at)) = stored {
+            return Ok(ChatMessage {
+                id,
+                chat_id: m.chat_id,
+                sender_id: m.sender_id,
+                sender_name: m.sender_name,
+                content,
+                created_at,
+                client_message_id: m.client_message_id,
+            });
+        }
     }
     let msg = ChatMessage {
         id: uuid::Uuid::new_v4().to_string(),
@@ -490,6 +523,41 @@ mod tests {
             Err(BackendError::InvalidRequest(_))
         ));
         assert_eq!(admin.message_count("c1").unwrap(), 1);
+    }
+
+    #[test]
+    fn a_resent_client_message_id_returns_the_stored_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let mut admin = Admin::open(&path).unwrap();
+        let ann = admin.add_user("ann", "Ann", "").unwrap();
+        admin.add_chat("c1", "One", &["ann".into()]).unwrap();
+        admin.add_chat("c2", "Two", &["ann".into()]).unwrap();
+        let store = Store::start(&path).unwrap();
+        let send = |chat: &str, content: &str, id: Option<&str>| {
+            block(store.create_message(
+                &ann,
+                NewMessage {
+                    chat_id: chat.into(),
+                    content: content.into(),
+                    client_message_id: id.map(str::to_string),
+                    sender_id: "ann".into(),
+                    sender_name: "Ann".into(),
+                },
+            ))
+            .unwrap()
+        };
+        let first = send("c1", "hello", Some("k1"));
+        let again = send("c1", "hello (resent)", Some("k1"));
+        assert_eq!(again, first, "a resend gets the stored message, unchanged");
+        assert_eq!(admin.message_count("c1").unwrap(), 1);
+        // Another id, no id, or the same id in another chat: new messages.
+        assert_ne!(send("c1", "two", Some("k2")).id, first.id);
+        assert_ne!(send("c1", "three", None).id, first.id);
+        assert_ne!(send("c1", "four", None).id, first.id);
+        assert_ne!(send("c2", "hello", Some("k1")).id, first.id);
+        assert_eq!(admin.message_count("c1").unwrap(), 4);
+        assert_eq!(admin.message_count("c2").unwrap(), 1);
     }
 
     #[test]
