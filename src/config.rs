@@ -151,7 +151,9 @@ pub struct Config {
     #[arg(long, env = "AUTH_TIMEOUT", default_value_t = DEFAULT_AUTH_TIMEOUT_MS)]
     pub auth_timeout_ms: u64,
 
-    /// How long shutdown waits for in-flight backend calls and queued writes, in milliseconds.
+    /// How long shutdown waits for in-flight backend calls and queued writes, in milliseconds;
+    /// with `HTTP_API_URL` set, never less than the longest a REST call can take
+    /// (`BACKEND_TIMEOUT` x (`BACKEND_RETRIES` + 1) + backoffs; 15250 with the defaults).
     /// Env `SHUTDOWN_TIMEOUT`. Default 5000.
     #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value_t = DEFAULT_SHUTDOWN_TIMEOUT_MS)]
     pub shutdown_timeout_ms: u64,
@@ -235,6 +237,25 @@ pub struct FixtureSize {
     pub rooms: u64,
 }
 
+/// An API base URL the REST client can call: http or https, a host, no query or fragment.
+fn check_api_url(text: &str) -> Result<(), ConfigError> {
+    let url = url::Url::parse(text)
+        .map_err(|e| bad("HTTP_API_URL", format!("is not a valid URL ({e})")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(bad("HTTP_API_URL", "must start with http:// or https://"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(bad("HTTP_API_URL", "must name a host"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(bad(
+            "HTTP_API_URL",
+            "must not have a query or fragment (paths are appended to it)",
+        ));
+    }
+    Ok(())
+}
+
 impl Config {
     /// Checks every field; the first broken rule is returned, naming its variable.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -312,9 +333,7 @@ impl Config {
             return Err(bad("AUTH_TIMEOUT", "must be at least 1 ms"));
         }
         if let Some(url) = &self.http_api_url {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(bad("HTTP_API_URL", "must start with http:// or https://"));
-            }
+            check_api_url(url)?;
             if self.demo {
                 return Err(bad(
                     "DEMO",
@@ -323,6 +342,12 @@ impl Config {
             }
         }
         if self.bench_fixture.is_some() {
+            if self.http_api_url.is_some() || self.demo {
+                return Err(bad(
+                    "BENCH_FIXTURE",
+                    "the benchmark fixture replaces the backend; unset HTTP_API_URL and DEMO",
+                ));
+            }
             self.fixture_size()?;
         }
         Ok(())
@@ -395,6 +420,20 @@ impl Config {
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)
     }
+    /// How long the drain waits for work already accepted (backend calls, answers):
+    /// `SHUTDOWN_TIMEOUT`, raised with `HTTP_API_URL` set to the longest a REST call can take
+    /// (`BACKEND_TIMEOUT` x (`BACKEND_RETRIES` + 1) plus backoffs), so a message in flight is
+    /// always answered — stored and delivered, or an error — before its connection closes.
+    pub fn drain_wait(&self) -> Duration {
+        let wait = self.shutdown_timeout();
+        match self.http_api_url {
+            Some(_) => wait.max(crate::backend::rest::longest_call(
+                self.backend_timeout(),
+                self.backend_retries,
+            )),
+            None => wait,
+        }
+    }
     /// `DRAIN_WINDOW` as a duration.
     pub fn drain_window(&self) -> Duration {
         Duration::from_millis(self.drain_window_ms)
@@ -456,6 +495,39 @@ mod tests {
         assert_eq!(c.validate().unwrap_err().var, "MAX_OUTBOX_BYTES");
         let c = parse(&["--typing-timeout-ms", "99999999999"]);
         assert_eq!(c.validate().unwrap_err().var, "TYPING_TIMEOUT");
+    }
+
+    #[test]
+    fn api_urls_are_parsed_not_just_prefix_checked() {
+        for bad_url in [
+            "https://",
+            "http://api:80a",
+            "http:// api",
+            "ftp://api",
+            "http://api/v1?x=1",
+            "http://api/#top",
+            "api.example.com",
+        ] {
+            let c = parse(&["--http-api-url", bad_url]);
+            assert_eq!(
+                c.validate().map_err(|e| e.var),
+                Err("HTTP_API_URL"),
+                "{bad_url} must be refused"
+            );
+        }
+        for good in [
+            "http://127.0.0.1:3000",
+            "https://api.example.com/v1/",
+            "http://[::1]:8000/api",
+        ] {
+            assert_eq!(
+                parse(&["--http-api-url", good]).validate(),
+                Ok(()),
+                "{good}"
+            );
+        }
+        let c = parse(&["--http-api-url", "http://api", "--bench-fixture", "10:1"]);
+        assert_eq!(c.validate().unwrap_err().var, "BENCH_FIXTURE");
     }
 
     #[test]

@@ -234,6 +234,7 @@ fn serve(mut config: Config) -> anyhow::Result<()> {
         mailboxes,
         listening: Default::default(),
         stopping: Default::default(),
+        busy: Default::default(),
         counts: Default::default(),
         metrics,
         liveness: socket_server::systemd::Liveness::new(workers),

@@ -42,6 +42,9 @@ enum Mode {
     /// Process the next `n` requests (a POST is stored) but close the connection instead of
     /// answering: the response is lost. Then behave normally.
     StoreThenDrop(u32),
+    /// Process the request (a POST is stored), then answer the success status with a complete
+    /// body that is not in the contract's shape.
+    Garbled,
 }
 
 /// The routes of the contract.
@@ -129,6 +132,8 @@ struct State {
     /// Idempotency-Key → the message stored under it.
     by_key: HashMap<String, Value>,
     next_id: u64,
+    /// Send every id (user, chat, message) as a JSON number, as some APIs do.
+    numeric_ids: bool,
 }
 
 impl State {
@@ -196,6 +201,14 @@ impl State {
                 let _ = self.serve(&req);
                 Outcome::Drop
             }
+            Mode::Garbled => {
+                let (status, _) = self.serve(&req);
+                Outcome::Respond {
+                    delay: None,
+                    status,
+                    body: json!({ "message": { "id": { "not": "a string" } }, "user": [], "chats": 7 }),
+                }
+            }
             Mode::Slow(d) => {
                 let (status, body) = self.serve(&req);
                 Outcome::Respond {
@@ -215,8 +228,16 @@ impl State {
         }
     }
 
-    /// The contract, with idempotent POSTs.
+    /// The contract, with idempotent POSTs; ids as numbers when `numeric_ids` is set.
     fn serve(&mut self, req: &Req) -> (u16, Value) {
+        let (status, mut body) = self.serve_text_ids(req);
+        if self.numeric_ids {
+            numeric(&mut body);
+        }
+        (status, body)
+    }
+
+    fn serve_text_ids(&mut self, req: &Req) -> (u16, Value) {
         let token = req
             .header("authorization")
             .and_then(|a| a.strip_prefix("Bearer "));
@@ -279,6 +300,29 @@ impl State {
             }
             Route::Other => (404, json!({ "error": "no such route" })),
         }
+    }
+}
+
+/// Turns every id field holding decimal digits into a JSON number (`"api-msg-3"` → `3`).
+fn numeric(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            for (k, field) in map.iter_mut() {
+                if matches!(k.as_str(), "id" | "userId" | "chatId" | "senderId") {
+                    if let Some(n) = field
+                        .as_str()
+                        .map(|s| s.trim_start_matches("api-msg-"))
+                        .and_then(|s| s.parse::<u64>().ok())
+                    {
+                        *field = json!(n);
+                        continue;
+                    }
+                }
+                numeric(field);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(numeric),
+        _ => {}
     }
 }
 
@@ -811,7 +855,7 @@ fn slow_post_times_out_after_retries_without_blocking_others() {
     let posts = api.requests_for(Route::PostMessage);
     assert_eq!(posts.len(), RETRIES as usize + 1, "{posts:?}");
     for p in &posts {
-        assert_eq!(p.idempotency_key(), Some("alice:slow-1"), "{p:?}");
+        assert_eq!(p.idempotency_key(), Some("alice:room:slow-1"), "{p:?}");
         assert_eq!(p.path, "/chats/room/messages");
         assert_eq!(p.header("authorization"), Some("Bearer tok-alice"));
     }
@@ -874,7 +918,7 @@ fn post_retried_after_503_is_broadcast_once_with_same_key() {
         "one failed attempt and one retry: {posts:?}"
     );
     for p in &posts {
-        assert_eq!(p.idempotency_key(), Some("alice:cm-503"), "{p:?}");
+        assert_eq!(p.idempotency_key(), Some("alice:room:cm-503"), "{p:?}");
         let body: Value = serde_json::from_str(&p.body).unwrap();
         assert_eq!(body["content"], "retry me");
     }
@@ -906,7 +950,7 @@ fn lost_response_is_retried_and_deduplicated_by_the_api() {
     assert_eq!(posts.len(), 2, "{posts:?}");
     assert!(posts
         .iter()
-        .all(|p| p.idempotency_key() == Some("alice:cm-lost")));
+        .all(|p| p.idempotency_key() == Some("alice:room:cm-lost")));
     let stored = api.stored();
     assert_eq!(stored.len(), 1, "stored twice: {stored:?}");
     assert_eq!(stored[0]["content"], "did it land?");
@@ -931,7 +975,7 @@ fn dropped_connections_exhaust_retries_then_http_error() {
     assert_eq!(posts.len(), RETRIES as usize + 1, "{posts:?}");
     assert!(posts
         .iter()
-        .all(|p| p.idempotency_key() == Some("alice:cm-void")));
+        .all(|p| p.idempotency_key() == Some("alice:room:cm-void")));
     assert!(api.stored().is_empty());
     bob.expect_no_type("chat:message", Duration::from_millis(300));
     alice.expect_no_type("chat:message", Duration::from_millis(50));
@@ -1361,13 +1405,133 @@ fn client_bytes_that_cannot_form_a_request_never_reach_or_trip_the_api() {
         "calls made: {:?}",
         api.requests().len()
     );
-    // A clientMessageId that could not be an Idempotency-Key header is a validation error.
+    // A clientMessageId that could not travel in a header as it is is percent-encoded into the
+    // Idempotency-Key, so any id the store backend accepts works with the API too.
     let (mut alice, _) = server.connect_ok(ALICE);
-    send_with_id(&mut alice, "room", "hi", "caf\u{e9}");
-    alice.expect_error("VALIDATION_ERROR");
-    assert_eq!(metric(server.port, BREAKER_METRIC), 0.0);
-    // The API is still used normally.
-    send_with_id(&mut alice, "room", "hi", "ok-1");
+    send_with_id(&mut alice, "room", "hi", "caf\u{e9} 1");
     let m = alice.expect_type("chat:message");
-    assert_eq!(m["message"]["clientMessageId"], "ok-1");
+    assert_eq!(m["message"]["clientMessageId"], "caf\u{e9} 1");
+    let posts = api.requests_for(Route::PostMessage);
+    assert_eq!(posts.len(), 1);
+    assert_eq!(posts[0].idempotency_key(), Some("alice:room:caf%C3%A9%201"));
+    assert_eq!(metric(server.port, BREAKER_METRIC), 0.0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. Answers in the wrong shape, and ids sent as numbers
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn garbled_success_is_http_error_once_never_retried_nor_tripping_the_breaker() {
+    let api = world();
+    let store = TestStore::new();
+    let server = gateway(&api, &store).env("BREAKER_THRESHOLD", "2").spawn();
+    let (mut alice, _) = server.connect_ok(ALICE);
+    let (mut bob, _) = server.connect_ok(BOB);
+
+    // The API stores each message but answers 201 with a body the gateway cannot read: the
+    // sender gets HTTP_ERROR after exactly one POST (a retry would get the same answer), and
+    // nobody gets a broadcast of a message the gateway could not read back.
+    api.set_route(Route::PostMessage, Mode::Garbled);
+    for i in 0..4 {
+        let before = api.requests_for(Route::PostMessage).len();
+        send_with_id(
+            &mut alice,
+            "room",
+            &format!("garbled {i}"),
+            &format!("cm-g{i}"),
+        );
+        let e = alice.expect_type("error");
+        assert_eq!(e["code"], "HTTP_ERROR", "{e}");
+        assert_eq!(api.requests_for(Route::PostMessage).len(), before + 1);
+    }
+    assert_eq!(api.stored().len(), 4);
+    let seen = bob.collect(Duration::from_millis(300));
+    assert!(
+        seen.iter().all(|v| v["type"] != "chat:message"),
+        "bob got a broadcast of an unread answer: {seen:?}"
+    );
+    // Four in a row with BREAKER_THRESHOLD=2: the API is up, so the breaker stayed closed.
+    assert_eq!(metric(server.port, BREAKER_METRIC), 0.0);
+
+    // The client resends with the same clientMessageId once the API answers properly: the
+    // Idempotency-Key makes the API return the stored message, so it is broadcast, not stored twice.
+    api.set_route(Route::PostMessage, Mode::Normal);
+    send_with_id(&mut alice, "room", "garbled 0", "cm-g0");
+    let m = alice.expect_type("chat:message");
+    assert_eq!(m["message"]["id"], api.stored()[0]["id"], "{m}");
+    expect_one_broadcast(
+        &mut bob,
+        "bob",
+        m["message"]["id"].as_str().unwrap(),
+        Duration::from_millis(200),
+    );
+    assert_eq!(
+        api.stored().len(),
+        4,
+        "the resend must not store a fifth message"
+    );
+}
+
+#[test]
+fn ids_sent_as_json_numbers_are_accepted() {
+    let api = FakeApi::start();
+    api.add_user(ALICE, "7", "Alice", &["42"]);
+    api.add_user(BOB, "8", "Bob", &["42"]);
+    api.with(|s| s.numeric_ids = true);
+    let store = TestStore::new();
+    let server = gateway(&api, &store).spawn();
+    let (mut alice, ready) = server.connect_ok(ALICE);
+    assert_eq!(ready["userId"], "7", "{ready}");
+    assert_eq!(ready["chatIds"], json!(["42"]), "{ready}");
+    let (mut bob, _) = server.connect_ok(BOB);
+    send_with_id(&mut alice, "42", "hello", "cm-n1");
+    let m = alice.expect_type("chat:message");
+    assert_eq!(m["message"]["id"], "1", "{m}");
+    assert_eq!(m["message"]["chatId"], "42", "{m}");
+    assert_eq!(m["message"]["senderId"], "7", "{m}");
+    expect_one_broadcast(&mut bob, "bob", "1", Duration::from_millis(200));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. The drain outlasts a slow call in flight
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn drain_waits_for_a_slow_post_longer_than_shutdown_timeout() {
+    let api = world();
+    let store = TestStore::new();
+    // SHUTDOWN_TIMEOUT (200 ms) is far below the POST's 1.2 s: the drain must wait for the call
+    // anyway (up to BACKEND_TIMEOUT), so the sender gets its message before SERVER_SHUTDOWN.
+    let mut server = gateway(&api, &store)
+        .env("BACKEND_TIMEOUT", "3000")
+        .env("BACKEND_RETRIES", "0")
+        .env("SHUTDOWN_TIMEOUT", "200")
+        .env("DRAIN_WINDOW", "0")
+        .spawn();
+    let (mut alice, _) = server.connect_ok(ALICE);
+    let (mut bob, _) = server.connect_ok(BOB);
+    api.set_route(Route::PostMessage, Mode::Slow(Duration::from_millis(1200)));
+    send_with_id(&mut alice, "room", "in flight at SIGTERM", "cm-drain");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while api.requests_for(Route::PostMessage).is_empty() {
+        assert!(Instant::now() < deadline, "the POST never reached the API");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    server.terminate();
+    let m = alice.expect_type_within("chat:message", Duration::from_secs(5));
+    assert_eq!(m["message"]["content"], "in flight at SIGTERM", "{m}");
+    let stored_id = api.stored()[0]["id"].clone();
+    assert_eq!(m["message"]["id"], stored_id);
+    assert_eq!(
+        bob.expect_type_any("chat:message")["message"]["id"],
+        stored_id
+    );
+    alice.expect_error("SERVER_SHUTDOWN");
+    assert_eq!(alice.expect_close(), Some(1001));
+    assert!(
+        server.wait_exit(Duration::from_secs(10)).is_some(),
+        "server did not exit after the drain"
+    );
+    assert_eq!(api.stored().len(), 1);
 }

@@ -30,7 +30,8 @@ use crate::protocol::{ChatMessage, ErrorCode};
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Profile {
-    /// Stable user id.
+    /// Stable user id (a JSON string, or a number taken as its decimal text).
+    #[serde(deserialize_with = "id_text")]
     pub user_id: String,
     /// E-mail address (may be empty).
     #[serde(default)]
@@ -41,6 +42,31 @@ pub struct Profile {
     /// Role (may be empty).
     #[serde(default)]
     pub role: String,
+}
+
+/// Deserializes an id the API may send as a JSON string or as an integer (`42` → `"42"`).
+pub(crate) fn id_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Id {
+        Text(String),
+        Signed(i64),
+        Unsigned(u64),
+    }
+    Ok(match Id::deserialize(d)? {
+        Id::Text(s) => s,
+        Id::Signed(n) => n.to_string(),
+        Id::Unsigned(n) => n.to_string(),
+    })
+}
+
+/// Like [`id_text`], for an optional id.
+pub(crate) fn opt_id_text<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    struct Wrap(#[serde(deserialize_with = "id_text")] String);
+    Ok(Option::<Wrap>::deserialize(d)?.map(|w| w.0))
 }
 
 /// A message to persist.
@@ -81,9 +107,13 @@ pub enum BackendError {
     /// The API did not answer within the per-call timeout.
     #[error("HTTP API timed out")]
     UpstreamTimeout,
-    /// The API could not be reached, or answered with something unreadable.
+    /// The API could not be reached, or the connection broke before its answer was complete.
     #[error("HTTP API unavailable: {0}")]
     UpstreamUnavailable(String),
+    /// The API answered in full, but not in the contract's shape. Not retried (the same
+    /// request would get the same answer) and not counted by the breaker (the API is up).
+    #[error("HTTP API answered in an unexpected shape: {0}")]
+    UpstreamBadResponse(String),
     /// The embedded store failed.
     #[error("store failure: {0}")]
     StoreFailed(String),
@@ -101,7 +131,8 @@ impl BackendError {
             BackendError::InvalidRequest(_) => ErrorCode::ValidationError,
             BackendError::UpstreamStatus { .. }
             | BackendError::UpstreamTimeout
-            | BackendError::UpstreamUnavailable(_) => ErrorCode::HttpError,
+            | BackendError::UpstreamUnavailable(_)
+            | BackendError::UpstreamBadResponse(_) => ErrorCode::HttpError,
             BackendError::StoreFailed(_) | BackendError::Stopped => ErrorCode::InternalError,
         }
     }

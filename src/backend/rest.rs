@@ -16,9 +16,9 @@
 //!
 //! Upstream faults: a call that times out, cannot connect or gets a 5xx is retried up to
 //! `BACKEND_RETRIES` times with backoff — GETs and the read PUT because they are idempotent,
-//! and message POSTs because every POST carries an `Idempotency-Key` (`<senderId>:<the
-//! client's clientMessageId>`, or a generated UUID), the same on every attempt, so an API that
-//! honours the header never stores a message twice. Consecutive failures open a circuit
+//! and message POSTs because every POST carries an `Idempotency-Key`
+//! (`<senderId>:<chatId>:<clientMessageId>`, or a generated UUID), the same on every attempt,
+//! so an API that honours the header never stores a message twice. Consecutive failures open a circuit
 //! [`Breaker`] (calls then fail fast with `HTTP_ERROR`) which probes the API back. Successful
 //! `/auth/profile` answers may be cached for `AUTH_CACHE_TTL` so a reconnect storm does not
 //! stampede the API.
@@ -33,7 +33,9 @@ use serde::Deserialize;
 use super::breaker::{Breaker, State};
 use super::pool::{Job, Pool};
 use super::store::hash_token;
-use super::{Backend, BackendError, BackendResult, NewMessage, Profile, Reply};
+use super::{
+    id_text, opt_id_text, Backend, BackendError, BackendResult, NewMessage, Profile, Reply,
+};
 use crate::metrics::RestHooks;
 use crate::protocol::{timestamp, ChatMessage};
 
@@ -61,6 +63,13 @@ pub struct RestOptions {
     pub breaker_cooldown: Duration,
     /// Lifetime of a cached profile (zero: no cache).
     pub auth_cache_ttl: Duration,
+}
+
+/// The longest one REST call can take under [`Guard::call`]: every attempt timing out, plus the
+/// backoffs between them. The drain waits at least this long for calls in flight.
+pub fn longest_call(timeout: Duration, retries: u32) -> Duration {
+    let backoffs: Duration = (0..retries).map(|i| RETRY_BACKOFF * 4u32.pow(i)).sum();
+    timeout * (retries + 1) + backoffs
 }
 
 struct Guard {
@@ -184,6 +193,22 @@ impl RestBackend {
     }
 }
 
+/// The `Idempotency-Key` of a message POST, the same on every attempt so a retry can never
+/// create a second message: `<senderId>:<chatId>:<clientMessageId>` (each part percent-encoded,
+/// so the key is always a valid header and the parts cannot run into each other; the chat is in
+/// it because clients may number their ids per chat), or a UUID without a `clientMessageId`.
+fn idempotency_key(m: &NewMessage) -> String {
+    match &m.client_message_id {
+        Some(id) => format!(
+            "{}:{}:{}",
+            utf8_percent_encode(&m.sender_id, SEGMENT),
+            utf8_percent_encode(&m.chat_id, SEGMENT),
+            utf8_percent_encode(id, SEGMENT)
+        ),
+        None => uuid::Uuid::new_v4().to_string(),
+    }
+}
+
 fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
@@ -213,14 +238,11 @@ fn map_error(e: ureq::Error) -> BackendError {
                 },
             }
         }
-        ureq::Error::Transport(t)
-            if matches!(
-                t.kind(),
-                ureq::ErrorKind::BadHeader | ureq::ErrorKind::InvalidUrl
-            ) =>
-        {
-            // The request itself could not be formed (client-supplied bytes): an answer to
-            // that client, not a fault of the API, so never retried nor counted by the breaker.
+        ureq::Error::Transport(t) if t.kind() == ureq::ErrorKind::BadHeader => {
+            // The request itself could not be formed (client-supplied bytes in a header): an
+            // answer to that client, not a fault of the API, so never retried nor counted by the
+            // breaker. (URLs cannot fail this way: the base is validated at start-up and every
+            // path segment is percent-encoded.)
             BackendError::InvalidRequest("Request cannot be sent to the HTTP API".into())
         }
         ureq::Error::Transport(t) => {
@@ -241,9 +263,17 @@ fn map_error(e: ureq::Error) -> BackendError {
     }
 }
 
+/// Reads a success body in full, then parses it. A body cut short by the connection is an
+/// upstream failure (retried: every call is idempotent or carries an `Idempotency-Key`); a
+/// complete body in the wrong shape is [`BackendError::UpstreamBadResponse`] (not retried).
 fn read_json<T: serde::de::DeserializeOwned>(resp: ureq::Response) -> BackendResult<T> {
-    resp.into_json()
-        .map_err(|e| BackendError::UpstreamUnavailable(format!("unreadable response: {e}")))
+    let body = resp.into_string().map_err(|e| match e.kind() {
+        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => {
+            BackendError::UpstreamTimeout
+        }
+        _ => BackendError::UpstreamUnavailable(format!("response cut short: {e}")),
+    })?;
+    serde_json::from_str(&body).map_err(|e| BackendError::UpstreamBadResponse(e.to_string()))
 }
 
 #[derive(Deserialize)]
@@ -253,6 +283,7 @@ struct ProfileBody {
 
 #[derive(Deserialize)]
 struct ChatRef {
+    #[serde(deserialize_with = "id_text")]
     id: String,
 }
 
@@ -264,10 +295,11 @@ struct ChatsBody {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct StoredMessage {
+    #[serde(deserialize_with = "id_text")]
     id: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_id_text")]
     chat_id: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_id_text")]
     sender_id: Option<String>,
     #[serde(default)]
     sender_name: Option<String>,
@@ -347,11 +379,7 @@ impl Backend for RestBackend {
 
     fn create_message(&self, token: &str, m: NewMessage) -> Reply<ChatMessage> {
         let (url, auth) = (self.url(&["chats", &m.chat_id, "messages"]), bearer(token));
-        // The same key on every attempt: a retry can never create a second message.
-        let key = match &m.client_message_id {
-            Some(id) => format!("{}:{id}", m.sender_id),
-            None => uuid::Uuid::new_v4().to_string(),
-        };
+        let key = idempotency_key(&m);
         self.run("POST /chats/:id/messages", move |agent| {
             let resp = agent
                 .post(&url)
@@ -407,6 +435,47 @@ impl Backend for RestBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn longest_call_counts_every_attempt_and_backoff() {
+        let t = Duration::from_millis(5000);
+        assert_eq!(longest_call(t, 0), t);
+        // 3 attempts + 50 ms + 200 ms of backoff.
+        assert_eq!(longest_call(t, 2), Duration::from_millis(15_250));
+    }
+
+    #[test]
+    fn idempotency_keys_are_per_sender_and_chat_and_header_safe() {
+        let m = |chat: &str, id: Option<&str>| NewMessage {
+            chat_id: chat.into(),
+            content: "x".into(),
+            client_message_id: id.map(str::to_string),
+            sender_id: "u:1".into(),
+            sender_name: "U".into(),
+        };
+        assert_eq!(idempotency_key(&m("a", Some("1"))), "u%3A1:a:1");
+        assert_ne!(
+            idempotency_key(&m("a", Some("1"))),
+            idempotency_key(&m("b", Some("1")))
+        );
+        // Parts cannot run into each other.
+        assert_ne!(
+            idempotency_key(&m("a:b", Some("c"))),
+            idempotency_key(&m("a", Some("b:c")))
+        );
+        assert_eq!(
+            idempotency_key(&m("a", Some("caf\u{e9}\n"))),
+            "u%3A1:a:caf%C3%A9%0A"
+        );
+        let (k1, k2) = (
+            idempotency_key(&m("a", None)),
+            idempotency_key(&m("a", None)),
+        );
+        assert_ne!(
+            k1, k2,
+            "a message without clientMessageId gets a fresh UUID"
+        );
+    }
 
     #[test]
     fn path_segments_are_encoded() {

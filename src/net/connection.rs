@@ -271,7 +271,7 @@ async fn steady(
             // every connection has finished the work it accepted.
             worker.park();
             let cfg = worker.config();
-            let patience = cfg.shutdown_timeout() + cfg.drain_window() + Duration::from_secs(1);
+            let patience = cfg.drain_wait() + cfg.drain_window() + Duration::from_secs(1);
             let wait = monoio::time::timeout(patience, conn.outbox.closed());
             let _ = Box::pin(wait).await;
         }
@@ -331,6 +331,8 @@ impl Handler for Chat<'_> {
     }
 
     async fn message(&mut self, message: Message, now: Instant) {
+        // Held until the message's events are published (to other workers' mailboxes too).
+        let _busy = self.worker.busy();
         let admission = self.conn.session.borrow_mut().admit(now);
         match admission {
             Admission::Allowed => {}

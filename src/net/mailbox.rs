@@ -116,6 +116,15 @@ impl Mailbox {
     }
 }
 
+impl Mailbox {
+    /// Takes everything queued now, without waiting (the drain's last delivery pass).
+    pub fn take_now(&self, out: &mut Vec<Envelope>) {
+        while let Some(e) = self.queue.pop() {
+            out.push(e);
+        }
+    }
+}
+
 /// Where room events go beyond the publishing worker.
 pub trait Bus: Send + Sync {
     /// Delivers `event` to every worker except `origin` (which delivered it locally).

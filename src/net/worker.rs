@@ -70,6 +70,10 @@ pub struct Shared {
     pub listening: AtomicUsize,
     /// Set once shutdown begins.
     pub stopping: AtomicBool,
+    /// Client messages being handled on any worker, from parse to publish. Every worker's
+    /// drain waits for it to reach zero, so a message still being stored on one worker is
+    /// delivered to its chat's members on the others before they are closed.
+    pub busy: AtomicUsize,
     /// Open connections, for `MAX_CONNECTIONS` and `MAX_CONNECTIONS_PER_IP`.
     pub counts: ConnectionCounts,
     /// Prometheus metrics.
@@ -275,6 +279,12 @@ impl Worker {
             worker: self.clone(),
             ip,
         })
+    }
+
+    /// Counts one client message as being handled (see [`Shared::busy`]) until the guard drops.
+    pub fn busy(&self) -> Busy<'_> {
+        self.shared.busy.fetch_add(1, Ordering::SeqCst);
+        Busy(&self.shared.busy)
     }
 
     /// Runs a backend call (`call` indexes [`crate::metrics::CALLS`]), timed, and counted as
@@ -523,16 +533,25 @@ impl Worker {
 
     async fn drain(&self) {
         let cfg = self.config();
-        let deadline = Instant::now() + cfg.shutdown_timeout();
+        let deadline = Instant::now() + cfg.drain_wait();
         for (_, c) in self.conns.borrow().iter() {
             c.outbox.interrupt();
         }
         // Every connection finishes what it already read (answers, deliveries, backend calls)
         // and parks; then nobody can start new work.
-        while (self.parked.get() < self.connections() || self.inflight.get() > 0)
+        while (self.parked.get() < self.connections()
+            || self.inflight.get() > 0
+            || self.shared.busy.load(Ordering::SeqCst) > 0)
             && Instant::now() < deadline
         {
             monoio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Events other workers published before their work ended are queued here: deliver
+        // them before the closes below.
+        let mut pending = Vec::new();
+        self.shared.mailboxes[self.id].take_now(&mut pending);
+        for e in pending {
+            self.handle(e);
         }
         // Close in jittered batches over DRAIN_WINDOW, so clients do not all reconnect (to the
         // next instance) at the same instant.
@@ -579,6 +598,15 @@ impl Worker {
     /// A connection finished its accepted work during the drain and waits to be closed.
     pub fn park(&self) {
         self.parked.set(self.parked.get() + 1);
+    }
+}
+
+/// A client message being handled; counts [`Shared::busy`] down when dropped.
+pub struct Busy<'a>(&'a AtomicUsize);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -289,12 +289,6 @@ fn validate(env: Envelope<'_>) -> Result<Command, InboundError> {
                     return Err(InboundError::InvalidPayload("clientMessageId is too long"))
                 }
                 Some(id) if id.is_empty() => None,
-                // It travels as an HTTP header (Idempotency-Key) to the REST API.
-                Some(id) if !id.bytes().all(|b| (0x20..=0x7e).contains(&b)) => {
-                    return Err(InboundError::InvalidPayload(
-                        "clientMessageId must be printable ASCII",
-                    ))
-                }
                 other => other.map(Cow::into_owned),
             };
             Ok(Command::SendMessage {
