@@ -138,6 +138,33 @@ fn connections_per_address_are_capped() {
 }
 
 #[test]
+fn health_probes_are_answered_at_the_connection_caps() {
+    let p = pair();
+    let server = ServerBuilder::new(&p.store.path)
+        .env("MAX_CONNECTIONS", "2")
+        .spawn();
+    let (_a, _) = server.connect_ok(&p.alice);
+    let (_b, _) = server.connect_ok(&p.bob);
+    // Full: a WebSocket is refused, but an orchestrator's probes still get their answer.
+    match try_connect(&server.url_with_token(&p.alice), &[]) {
+        Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status().as_u16(), 503),
+        Err(e) => panic!("expected HTTP 503, got {e:?}"),
+        Ok(_) => panic!("a third connection was accepted with MAX_CONNECTIONS=2"),
+    }
+    assert_eq!(server.http_get_status("/healthz"), 200);
+    assert_eq!(server.http_get_status("/readyz"), 200);
+    let (status, metrics) = http_get(server.port, "/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        metrics
+            .contains("socket_server_connections_refused_total{reason=\"too many connections\"} 1"),
+        "the refusal is counted: {metrics}"
+    );
+    // Anything else over the cap is still refused.
+    assert_eq!(server.http_get_status("/"), 503);
+}
+
+#[test]
 fn slow_handshakes_and_slow_authentication_are_cut_off() {
     use std::io::{Read, Write};
     let p = pair();

@@ -18,10 +18,12 @@
 //! into the connection's [`Outbox`], flushed by its writer task.
 
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use monoio::net::tcp::stream_poll::TcpStreamPoll;
 use monoio::net::TcpStream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -30,7 +32,7 @@ use super::mailbox::EventKind;
 use super::outbox::Outbox;
 use super::reader::{finish, linger, read_loop, End, Handler, Limits};
 use super::split::{self, Input};
-use super::worker::{Conn, TaskGuard, Worker};
+use super::worker::{Conn, Refused, TaskGuard, Worker};
 use crate::backend::{BackendError, NewMessage};
 use crate::core::rate::{Admission, RateLimit};
 use crate::core::session::{Decision, Session, User};
@@ -39,28 +41,88 @@ use crate::protocol::frame::Message;
 use crate::protocol::outbound::{error_frame, ErrorDetails, Outbound};
 use crate::protocol::{inbound, timestamp, CloseCode, Command, ErrorCode};
 
+/// Most connections over the caps that may still be read for a health probe, process-wide.
+const MAX_PROBES: usize = 16;
+/// How long a connection over the caps has to send its request head.
+const PROBE_READ_TIMEOUT: Duration = Duration::from_secs(1);
+/// Plain GETs answered even when the connection caps are reached: an orchestrator must not
+/// restart a healthy, full instance because its liveness probe was refused.
+const PROBE_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+
+/// Reads a request head into `buf` within `deadline`. `Ok(None)`: the peer closed or was too
+/// slow; the head is capped at [`MAX_HEAD`] bytes.
+async fn read_head(
+    stream: &mut TcpStreamPoll,
+    buf: &mut BytesMut,
+    deadline: Duration,
+) -> Result<Option<(Request, usize)>, handshake::HandshakeError> {
+    let head = monoio::time::timeout(deadline, async {
+        loop {
+            if let Some(found) = handshake::parse(buf)? {
+                return Ok(Some(found));
+            }
+            buf.reserve(1024.min((MAX_HEAD + 1).saturating_sub(buf.len())));
+            match stream.read_buf(buf).await {
+                Ok(0) | Err(_) => return Ok(None),
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    head.unwrap_or(Ok(None))
+}
+
+async fn answer_bad_head(stream: &mut TcpStreamPoll, e: handshake::HandshakeError) {
+    let (status, reason) = e.status();
+    let body = e.to_string();
+    let response = handshake::http_response(status, reason, "text/plain", body.as_bytes());
+    let _ = stream.write_all(&response).await;
+}
+
+/// Answers a plain HTTP request (health, readiness, metrics, demo page) and closes.
+async fn answer_http(worker: &Rc<Worker>, stream: &mut TcpStreamPoll, req: &Request) {
+    let response = crate::http::respond(worker, req).await;
+    // Bounded: a client that never reads must not hold a connection slot forever.
+    let _ = monoio::time::timeout(worker.config().auth_timeout(), async {
+        let _ = stream.write_all(&response).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
+/// A connection over `MAX_CONNECTIONS` or `MAX_CONNECTIONS_PER_IP`: refused with 503, except
+/// a plain GET of a [`PROBE_PATHS`] path, answered as usual if it arrives within
+/// [`PROBE_READ_TIMEOUT`] while fewer than [`MAX_PROBES`] such connections are being read.
+async fn serve_refused(worker: &Rc<Worker>, stream: &mut TcpStreamPoll, refused: Refused) {
+    let probes = &worker.shared.counts.probes;
+    if probes.fetch_add(1, Ordering::Relaxed) < MAX_PROBES {
+        let mut buf = BytesMut::with_capacity(1024);
+        let head = read_head(stream, &mut buf, PROBE_READ_TIMEOUT).await;
+        if let Ok(Some((req, _))) = &head {
+            if req.method == "GET"
+                && req.upgrade.is_none()
+                && PROBE_PATHS.contains(&req.path.as_str())
+            {
+                answer_http(worker, stream, req).await;
+                probes.fetch_sub(1, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
+    probes.fetch_sub(1, Ordering::Relaxed);
+    tracing::warn!(reason = %refused, "Connection refused");
+    worker.shared.metrics.refused(&refused.to_string());
+    let body = refused.to_string();
+    let response =
+        handshake::http_response(503, "Service Unavailable", "text/plain", body.as_bytes());
+    let _ = monoio::time::timeout(PROBE_READ_TIMEOUT, stream.write_all(&response)).await;
+}
+
 /// Serves one accepted socket: handshake and authentication here, then the steady state in a
 /// task of its own (so the large handshake state is freed once the connection is idle).
 pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
     let peer = stream.peer_addr().ok().map(|a| a.ip());
-    let live = match worker.admit(peer) {
-        Ok(guard) => guard,
-        Err(refused) => {
-            tracing::warn!(reason = %refused, "Connection refused");
-            worker.shared.metrics.refused(&refused.to_string());
-            if let Ok(mut s) = stream.try_into_poll_io() {
-                let body = refused.to_string();
-                let response = handshake::http_response(
-                    503,
-                    "Service Unavailable",
-                    "text/plain",
-                    body.as_bytes(),
-                );
-                let _ = s.write_all(&response).await;
-            }
-            return;
-        }
-    };
+    let admitted = worker.admit(peer);
     let _ = stream.set_nodelay(true);
     let mut stream = match stream.try_into_poll_io() {
         Ok(s) => s,
@@ -69,46 +131,19 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
             return;
         }
     };
-    let mut buf = BytesMut::with_capacity(1024);
-    let head = monoio::time::timeout(worker.config().auth_timeout(), async {
-        loop {
-            if let Some(found) = handshake::parse(&buf)? {
-                return Ok::<_, handshake::HandshakeError>(Some(found));
-            }
-            buf.reserve(1024.min(MAX_HEAD + 1 - buf.len()));
-            match stream.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => return Ok(None),
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
-    let (req, consumed) = match head {
-        Ok(Ok(Some(found))) => found,
-        Ok(Ok(None)) | Err(_) => return, // closed or too slow before a full head
-        Ok(Err(e)) => {
-            let (status, reason) = e.status();
-            let body = e.to_string();
-            let _ = stream
-                .write_all(&handshake::http_response(
-                    status,
-                    reason,
-                    "text/plain",
-                    body.as_bytes(),
-                ))
-                .await;
-            return;
-        }
+    let live = match admitted {
+        Ok(guard) => guard,
+        Err(refused) => return serve_refused(&worker, &mut stream, refused).await,
     };
+    let mut buf = BytesMut::with_capacity(1024);
+    let (req, consumed) =
+        match read_head(&mut stream, &mut buf, worker.config().auth_timeout()).await {
+            Ok(Some(found)) => found,
+            Ok(None) => return, // closed or too slow before a full head
+            Err(e) => return answer_bad_head(&mut stream, e).await,
+        };
     let Some(upgrade) = req.upgrade.clone() else {
-        let response = crate::http::respond(&worker, &req).await;
-        // Bounded: a client that never reads must not hold a connection slot forever.
-        let _ = monoio::time::timeout(worker.config().auth_timeout(), async {
-            let _ = stream.write_all(&response).await;
-            let _ = stream.shutdown().await;
-        })
-        .await;
-        return;
+        return answer_http(&worker, &mut stream, &req).await;
     };
     if !handshake::origin_allowed(
         req.origin.as_deref(),

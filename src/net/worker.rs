@@ -87,6 +87,8 @@ pub struct Shared {
 pub struct ConnectionCounts {
     open: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Connections over the caps being read for a health probe (`connection::serve_refused`).
+    pub probes: AtomicUsize,
 }
 
 impl ConnectionCounts {
