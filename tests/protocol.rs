@@ -873,3 +873,38 @@ fn pings_fragments_and_frames_split_across_reads_are_handled() {
     let close = next_non_presence(&mut raw, deadline);
     assert_eq!(close.close_code(), Some(1002));
 }
+
+#[test]
+fn a_user_removed_from_a_chat_stops_receiving_it_once_the_backend_says_so() {
+    let w = world();
+    let server = Server::start(&w.store.path);
+    let (mut alice, _) = server.connect_ok(&w.alice);
+    let (mut bob, _) = server.connect_ok(&w.bob);
+    // Alice is removed from `pair` behind the gateway's back (another service, an admin).
+    let db = rusqlite::Connection::open(&w.store.path).expect("open store");
+    db.execute(
+        "DELETE FROM participants WHERE chat_id = 'pair' AND user_id = 'alice'",
+        [],
+    )
+    .expect("remove alice");
+    bob.send_message("pair", "before alice knows");
+    bob.expect_type("chat:message");
+    alice.expect_type_any("chat:message");
+    // Her next action there is refused by the store: NOT_PARTICIPANT, and she leaves the room.
+    alice.send(
+        "chat:message",
+        json!({"chatId": "pair", "content": "still here?"}),
+    );
+    alice.expect_error("NOT_PARTICIPANT");
+    bob.send_message("pair", "after");
+    bob.expect_type("chat:message");
+    let seen = alice.collect(Duration::from_millis(300));
+    assert!(
+        seen.iter().all(|v| v["type"] != "chat:message"),
+        "alice still receives a chat she was removed from: {seen:?}"
+    );
+    // Other chats are untouched.
+    bob.send_message("general", "hello all");
+    let m = alice.expect_type_any("chat:message");
+    assert_eq!(m["message"]["chatId"], "general");
+}

@@ -4,7 +4,8 @@
 //! The session decides; the shell carries out. A command for a chat the connection is not
 //! known to be in triggers one re-fetch of the user's chats (so chats created after connect
 //! work), at most once per `refetch_interval`; only if the chat is still missing is the answer
-//! `NOT_PARTICIPANT`. Liveness: any frame from the client counts as activity; the heartbeat
+//! `NOT_PARTICIPANT`. A `NOT_PARTICIPANT` from the backend for a chat the session knows (the
+//! user was removed from it) makes the session forget that chat. Liveness: any frame from the client counts as activity; the heartbeat
 //! either pings or, after `connection_timeout` of silence, closes.
 //!
 //! Frames that arrive before authentication finishes are not read from the socket until it
@@ -140,6 +141,14 @@ impl Session {
         MembershipChange { joined, left }
     }
 
+    /// The backend refused an action in `chat` as not a participant: the user was removed from
+    /// it since the list was fetched. Forgets the chat, so the connection stops receiving its
+    /// events; returns it (for the shell to leave its room) if it was known.
+    pub fn removed_from(&mut self, chat: &str) -> Option<Arc<str>> {
+        let i = self.chats.iter().position(|c| &**c == chat)?;
+        Some(self.chats.remove(i))
+    }
+
     /// Decides again after a re-fetch: execute if the chat is now known, else reject.
     pub fn after_refetch(&self, cmd: Command) -> Decision {
         match cmd.chat_id() {
@@ -184,6 +193,18 @@ mod tests {
             Duration::from_secs(60),
             RateLimit::new(1, 1, now),
         )
+    }
+
+    #[test]
+    fn removal_reported_by_the_backend_forgets_the_chat() {
+        let now = Instant::now();
+        let mut s = session(now);
+        assert_eq!(s.removed_from("c9"), None, "unknown chat: nothing to leave");
+        assert_eq!(s.removed_from("c1").as_deref(), Some("c1"));
+        assert!(!s.is_member("c1"));
+        assert_eq!(s.removed_from("c1"), None);
+        // The next command there re-fetches (it may have been re-added) rather than executing.
+        assert_eq!(s.decide(msg("c1"), now), Decision::Refetch(msg("c1")));
     }
 
     fn msg(chat: &str) -> Command {

@@ -456,6 +456,19 @@ fn backend_error(worker: &Worker, outbox: &Outbox, e: &BackendError) {
     send_error(worker, outbox, e.code(), &e.client_message(), e.status());
 }
 
+/// Answers a backend error for an action in `chat`. `NOT_PARTICIPANT` for a chat the session
+/// believed it was in means the user was removed from it: the connection leaves its room too,
+/// so it stops receiving that chat's events without waiting for a reconnect.
+fn chat_backend_error(worker: &Worker, conn: &Conn, slot: usize, chat: &str, e: &BackendError) {
+    if matches!(e, BackendError::NotParticipant(_)) {
+        let left = conn.session.borrow_mut().removed_from(chat);
+        if let Some(left) = left {
+            worker.rejoin(slot, &[], &[left]);
+        }
+    }
+    backend_error(worker, &conn.outbox, e);
+}
+
 async fn handle(
     worker: &Worker,
     conn: &Conn,
@@ -496,6 +509,7 @@ async fn handle(
             content,
             client_message_id,
         } => {
+            let asked = chat_arc(conn, &chat_id);
             let new = NewMessage {
                 chat_id,
                 content,
@@ -518,7 +532,7 @@ async fn handle(
                     let room = chat_arc(conn, &m.chat_id);
                     worker.publish(vec![room], frame, None, EventKind::Message);
                 }
-                Err(e) => backend_error(worker, &conn.outbox, &e),
+                Err(e) => chat_backend_error(worker, conn, slot, &asked, &e),
             }
         }
         Command::MarkRead {
@@ -545,7 +559,7 @@ async fn handle(
                     .to_frame();
                     worker.publish(vec![chat_arc(conn, &chat_id)], frame, None, EventKind::Read);
                 }
-                Err(e) => backend_error(worker, &conn.outbox, &e),
+                Err(e) => chat_backend_error(worker, conn, slot, &chat_id, &e),
             }
         }
         Command::Typing { chat_id, is_typing } => {
