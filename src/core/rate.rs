@@ -2,8 +2,10 @@
 //!
 //! The bucket holds up to `burst` tokens and refills at `rate` per second; each client message
 //! takes one. A message finding the bucket empty is rejected (`RATE_LIMITED`). Rejections are
-//! remembered: a connection that collects `burst` rejections without a pause (the bucket never
-//! recovering to full) is abusive and is closed (4029). A rate of 0 disables the limit.
+//! remembered: a connection that collects more than `burst` rejections without a pause is
+//! abusive and is closed (4029). A pause is the bucket recovering to full, or one refill period
+//! (`burst / rate` seconds) without a rejection, so a client that runs close to the limit for
+//! hours and is rejected now and then is never closed for it. A rate of 0 disables the limit.
 
 use std::time::Instant;
 
@@ -26,6 +28,7 @@ pub struct RateLimit {
     tokens: f64,
     last: Instant,
     strikes: u32,
+    last_rejection: Option<Instant>,
 }
 
 impl RateLimit {
@@ -37,6 +40,7 @@ impl RateLimit {
             tokens: f64::from(burst),
             last: now,
             strikes: 0,
+            last_rejection: None,
         }
     }
 
@@ -55,6 +59,14 @@ impl RateLimit {
             self.tokens -= 1.0;
             return Admission::Allowed;
         }
+        let refill = self.burst / self.rate;
+        let paused = self
+            .last_rejection
+            .is_some_and(|t| now.saturating_duration_since(t).as_secs_f64() > refill);
+        if paused {
+            self.strikes = 0;
+        }
+        self.last_rejection = Some(now);
         self.strikes += 1;
         if f64::from(self.strikes) > self.burst {
             Admission::Abusive
@@ -68,6 +80,52 @@ impl RateLimit {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn occasional_rejections_near_the_limit_are_forgiven() {
+        // 10/s, burst 5: a client sending at the rate, plus a small burst every 2 s, is
+        // rejected in each burst; the bucket never refills to full, so the old rule (strikes
+        // forgiven only on a full bucket) closed it after two bursts. Closing is for a flood.
+        let t0 = Instant::now();
+        let mut r = RateLimit::new(10, 5, t0);
+        let mut t = t0;
+        let mut rejected = 0;
+        for round in 0..2_000 {
+            // Every 2 s: 3 messages more than the bucket holds; otherwise 1 per 100 ms.
+            if round % 20 == 0 {
+                for _ in 0..3 {
+                    match r.admit(t) {
+                        Admission::Rejected => rejected += 1,
+                        Admission::Abusive => panic!("closed at round {round}"),
+                        Admission::Allowed => {}
+                    }
+                }
+            }
+            assert_ne!(r.admit(t), Admission::Abusive, "closed at round {round}");
+            t += Duration::from_millis(100);
+        }
+        assert!(
+            rejected > 100,
+            "the test must actually hit the limit: {rejected}"
+        );
+    }
+
+    #[test]
+    fn twice_the_rate_for_long_is_abusive() {
+        let t0 = Instant::now();
+        let mut r = RateLimit::new(10, 5, t0);
+        let mut t = t0;
+        let mut closed_at = None;
+        for i in 0..200 {
+            if r.admit(t) == Admission::Abusive {
+                closed_at = Some(i);
+                break;
+            }
+            t += Duration::from_millis(50); // 20/s against 10/s
+        }
+        let i = closed_at.expect("sustained 2x the rate must be closed");
+        assert!(i < 40, "closed only after {i} messages");
+    }
 
     #[test]
     fn burst_then_rate() {
