@@ -39,6 +39,9 @@ pub const DEFAULT_BACKEND_TIMEOUT_MS: u64 = 5_000;
 pub const DEFAULT_AUTH_TIMEOUT_MS: u64 = 10_000;
 /// Default drain deadline on shutdown, in milliseconds.
 pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 5_000;
+/// Largest accepted `MAX_MESSAGE_SIZE`: a frame header announcing this much makes its
+/// connection reserve it, so the bound keeps a crowd of such headers from exhausting memory.
+pub const MAX_MESSAGE_SIZE_LIMIT: usize = 16 << 20;
 /// Default window over which the drain closes connections, in milliseconds.
 pub const DEFAULT_DRAIN_WINDOW_MS: u64 = 2_000;
 /// Default minimum interval between two re-fetches of one connection's chat list, in ms.
@@ -146,7 +149,8 @@ pub struct Config {
     #[arg(long, env = "AUTH_CACHE_TTL", default_value_t = 0)]
     pub auth_cache_ttl_ms: u64,
 
-    /// Deadline for the upgrade request to arrive and for authentication, in milliseconds.
+    /// Deadline, from accept, for the upgrade request to arrive and authentication to finish,
+    /// in milliseconds.
     /// Env `AUTH_TIMEOUT`. Default 10000.
     #[arg(long, env = "AUTH_TIMEOUT", default_value_t = DEFAULT_AUTH_TIMEOUT_MS)]
     pub auth_timeout_ms: u64,
@@ -201,8 +205,9 @@ pub struct Config {
     pub max_connections_per_ip: usize,
 
     /// Demo mode: seed users alice, bob and carol (tokens `demo-alice`, …) and a chat `general`
-    /// into the embedded store, and serve the demo chat page at `GET /`. Env `DEMO`.
-    #[arg(long, env = "DEMO", default_value_t = false)]
+    /// into the embedded store, and serve the demo chat page at `GET /`. Env `DEMO` (`1`,
+    /// `true`, `yes`, `on` / `0`, `false`, `no`, `off`). Default off.
+    #[arg(long, env = "DEMO", default_value_t = false, value_parser = clap::builder::BoolishValueParser::new())]
     pub demo: bool,
 
     /// Benchmark fixture `USERS:ROOMS`: token `t<i>` is user `u<i>` in chat `c<i mod ROOMS>`,
@@ -271,10 +276,10 @@ impl Config {
         if self.typing_timeout_ms == 0 {
             return Err(bad("TYPING_TIMEOUT", "must be at least 1 ms"));
         }
-        if self.max_message_size < 16 || self.max_message_size > 64 << 20 {
+        if self.max_message_size < 16 || self.max_message_size > MAX_MESSAGE_SIZE_LIMIT {
             return Err(bad(
                 "MAX_MESSAGE_SIZE",
-                "must be between 16 bytes and 64 MiB",
+                "must be between 16 bytes and 16 MiB (each connection reading a frame may reserve this much)",
             ));
         }
         if self.max_outbox_bytes < 2 * self.max_message_size + 1024 {

@@ -451,3 +451,65 @@ fn drain_with_traffic_in_flight_loses_nothing_it_accepted() {
     assert!(persisted > 0, "nothing was processed before the drain");
     eprintln!("drain test: {persisted} of {N} persisted and delivered");
 }
+
+#[test]
+fn check_config_reads_env_booleans_and_names_the_broken_rule() {
+    let store = TestStore::new();
+    let check = |env: &[(&str, &str)]| {
+        let mut cmd = base_command(&store.path);
+        cmd.arg("check-config");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("run check-config");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    for (value, on) in [
+        ("1", true),
+        ("yes", true),
+        ("true", true),
+        ("0", false),
+        ("off", false),
+    ] {
+        let (ok, text) = check(&[("DEMO", value)]);
+        assert!(ok, "DEMO={value} must be accepted: {text}");
+        assert!(
+            text.contains(&format!("demo: {on}")),
+            "DEMO={value}: {text}"
+        );
+    }
+    let (ok, text) = check(&[("DEMO", "maybe")]);
+    assert!(!ok && text.contains("--demo"), "{text}");
+    let (ok, text) = check(&[("HTTP_API_URL", "http://api:80a")]);
+    assert!(!ok && text.contains("HTTP_API_URL"), "{text}");
+    let (ok, text) = check(&[("MAX_MESSAGE_SIZE", "33554432")]);
+    assert!(!ok && text.contains("MAX_MESSAGE_SIZE"), "{text}");
+}
+
+#[test]
+fn head_requests_get_the_head_without_a_body() {
+    use std::io::{Read, Write};
+    let store = TestStore::new();
+    let server = Server::start(&store.path);
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"HEAD /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = Vec::new();
+    let _ = s.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("content-length: 15"),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("\r\n\r\n"),
+        "a HEAD response has no body: {text:?}"
+    );
+}

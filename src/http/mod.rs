@@ -16,8 +16,18 @@ const PROBE_CACHE: Duration = Duration::from_secs(1);
 /// How long `/readyz` waits for the backend probe.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The full response to a plain request.
+/// The full response to a plain request; a `HEAD` gets the same head without the body.
 pub async fn respond(worker: &Worker, req: &Request) -> Vec<u8> {
+    let mut response = respond_get(worker, req).await;
+    if req.method == "HEAD" {
+        if let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") {
+            response.truncate(end + 4);
+        }
+    }
+    response
+}
+
+async fn respond_get(worker: &Worker, req: &Request) -> Vec<u8> {
     if req.method != "GET" && req.method != "HEAD" {
         return http_response(
             405,

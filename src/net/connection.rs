@@ -99,7 +99,7 @@ async fn serve_refused(worker: &Rc<Worker>, stream: &mut TcpStreamPoll, refused:
         let mut buf = BytesMut::with_capacity(1024);
         let head = read_head(stream, &mut buf, PROBE_READ_TIMEOUT).await;
         if let Ok(Some((req, _))) = &head {
-            if req.method == "GET"
+            if matches!(req.method.as_str(), "GET" | "HEAD")
                 && req.upgrade.is_none()
                 && PROBE_PATHS.contains(&req.path.as_str())
             {
@@ -121,6 +121,8 @@ async fn serve_refused(worker: &Rc<Worker>, stream: &mut TcpStreamPoll, refused:
 /// Serves one accepted socket: handshake and authentication here, then the steady state in a
 /// task of its own (so the large handshake state is freed once the connection is idle).
 pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
+    // AUTH_TIMEOUT bounds the request head and the authentication together, from accept.
+    let accepted = Instant::now();
     let peer = stream.peer_addr().ok().map(|a| a.ip());
     let admitted = worker.admit(peer);
     let _ = stream.set_nodelay(true);
@@ -198,7 +200,11 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
         let chats = backend.chats(&token).await?;
         Ok::<_, BackendError>((profile, chats))
     });
-    let (profile, chats) = match monoio::time::timeout(worker.config().auth_timeout(), auth).await {
+    let left = worker
+        .config()
+        .auth_timeout()
+        .saturating_sub(accepted.elapsed());
+    let (profile, chats) = match monoio::time::timeout(left, auth).await {
         Ok(Ok(found)) => found,
         Ok(Err(e)) => {
             reject(&worker, &outbox, e, &req);

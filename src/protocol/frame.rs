@@ -1,10 +1,11 @@
 //! Frame-level rules on top of fastwebsockets: encoding server frames without I/O, and
 //! reassembling fragmented client messages under hard caps.
 //!
-//! fastwebsockets parses each frame (and checks each frame's size); [`MessageAssembler`]
-//! enforces what a per-frame check cannot: the size of the whole message and the number of
-//! fragments. It only ever grows its buffer by bytes that actually arrived and that fit under
-//! the cap, so a length field on the wire never decides an allocation.
+//! fastwebsockets parses each frame and checks its announced size against the cap before
+//! reserving room for it, so one frame header can make a connection reserve up to
+//! `MAX_MESSAGE_SIZE` (never more). [`MessageAssembler`] enforces what a per-frame check cannot:
+//! the size of the whole message and the number of fragments; it only ever grows its buffer by
+//! bytes that actually arrived and that fit under the cap.
 
 use bytes::{Bytes, BytesMut};
 use fastwebsockets::{Frame, OpCode};

@@ -100,7 +100,8 @@ impl TestStore {
     }
 }
 
-fn base_command(store: &Path) -> Command {
+/// The server binary, with no configuration from the environment but `STORE_PATH`.
+pub fn base_command(store: &Path) -> Command {
     let mut cmd = Command::new(BIN);
     for var in SERVER_ENV {
         cmd.env_remove(var);
