@@ -1535,3 +1535,31 @@ fn drain_waits_for_a_slow_post_longer_than_shutdown_timeout() {
     );
     assert_eq!(api.stored().len(), 1);
 }
+
+#[test]
+fn a_403_for_one_action_does_not_drop_a_chat_the_list_still_has() {
+    let api = world();
+    let store = TestStore::new();
+    let server = gateway(&api, &store).spawn();
+    let (mut alice, _) = server.connect_ok(ALICE);
+    let (mut bob, _) = server.connect_ok(BOB);
+    // The API refuses alice's post with 403 (say, the chat is read-only for her) but still
+    // lists the chat: the gateway re-fetches the list once and keeps her in the room.
+    api.set_route(Route::PostMessage, Mode::Error(403));
+    let chats_before = api.requests_for(Route::Chats).len();
+    send_with_id(&mut alice, "room", "refused", "cm-403");
+    alice.expect_error("NOT_PARTICIPANT");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while api.requests_for(Route::Chats).len() == chats_before {
+        assert!(
+            Instant::now() < deadline,
+            "the chat list was not re-fetched"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    api.set_route(Route::PostMessage, Mode::Normal);
+    send_with_id(&mut bob, "room", "still there?", "cm-bob");
+    let m = bob.expect_type("chat:message");
+    let id = m["message"]["id"].as_str().unwrap().to_string();
+    expect_one_broadcast(&mut alice, "alice", &id, Duration::from_millis(200));
+}

@@ -4,8 +4,9 @@
 //! The session decides; the shell carries out. A command for a chat the connection is not
 //! known to be in triggers one re-fetch of the user's chats (so chats created after connect
 //! work), at most once per `refetch_interval`; only if the chat is still missing is the answer
-//! `NOT_PARTICIPANT`. A `NOT_PARTICIPANT` from the backend for a chat the session knows (the
-//! user was removed from it) makes the session forget that chat. Liveness: any frame from the client counts as activity; the heartbeat
+//! `NOT_PARTICIPANT`. A `NOT_PARTICIPANT` from the backend for a chat the session knows may
+//! mean the user was removed from it: the shell then re-fetches the list too (same budget), and
+//! the re-fetched list decides which rooms the connection stays in. Liveness: any frame from the client counts as activity; the heartbeat
 //! either pings or, after `connection_timeout` of silence, closes.
 //!
 //! Frames that arrive before authentication finishes are not read from the socket until it
@@ -112,16 +113,24 @@ impl Session {
         if self.is_member(chat) {
             return Decision::Execute(cmd);
         }
+        if self.start_refetch(now) {
+            Decision::Refetch(cmd)
+        } else {
+            Decision::NotParticipant(cmd)
+        }
+    }
+
+    /// Whether a re-fetch of the chat list may start at `now` (at most one per
+    /// `refetch_interval`); if so, it counts as started.
+    pub fn start_refetch(&mut self, now: Instant) -> bool {
         let allowed = match self.last_refetch {
             Some(t) => now.saturating_duration_since(t) >= self.refetch_interval,
             None => true,
         };
         if allowed {
             self.last_refetch = Some(now);
-            Decision::Refetch(cmd)
-        } else {
-            Decision::NotParticipant(cmd)
         }
+        allowed
     }
 
     /// Applies a re-fetched chat list; returns which rooms to join and leave.
@@ -139,14 +148,6 @@ impl Session {
             .collect();
         self.chats = chats;
         MembershipChange { joined, left }
-    }
-
-    /// The backend refused an action in `chat` as not a participant: the user was removed from
-    /// it since the list was fetched. Forgets the chat, so the connection stops receiving its
-    /// events; returns it (for the shell to leave its room) if it was known.
-    pub fn removed_from(&mut self, chat: &str) -> Option<Arc<str>> {
-        let i = self.chats.iter().position(|c| &**c == chat)?;
-        Some(self.chats.remove(i))
     }
 
     /// Decides again after a re-fetch: execute if the chat is now known, else reject.
@@ -196,15 +197,17 @@ mod tests {
     }
 
     #[test]
-    fn removal_reported_by_the_backend_forgets_the_chat() {
+    fn refetches_are_spaced_by_the_interval_whoever_asks() {
         let now = Instant::now();
         let mut s = session(now);
-        assert_eq!(s.removed_from("c9"), None, "unknown chat: nothing to leave");
-        assert_eq!(s.removed_from("c1").as_deref(), Some("c1"));
-        assert!(!s.is_member("c1"));
-        assert_eq!(s.removed_from("c1"), None);
-        // The next command there re-fetches (it may have been re-added) rather than executing.
-        assert_eq!(s.decide(msg("c1"), now), Decision::Refetch(msg("c1")));
+        assert!(s.start_refetch(now));
+        assert!(!s.start_refetch(now + Duration::from_secs(1)));
+        // A command for an unknown chat shares the same budget.
+        assert_eq!(
+            s.decide(msg("c9"), now + Duration::from_secs(1)),
+            Decision::NotParticipant(msg("c9"))
+        );
+        assert!(s.start_refetch(now + Duration::from_secs(2)));
     }
 
     fn msg(chat: &str) -> Command {

@@ -463,16 +463,35 @@ fn backend_error(worker: &Worker, outbox: &Outbox, e: &BackendError) {
 }
 
 /// Answers a backend error for an action in `chat`. `NOT_PARTICIPANT` for a chat the session
-/// believed it was in means the user was removed from it: the connection leaves its room too,
-/// so it stops receiving that chat's events without waiting for a reconnect.
-fn chat_backend_error(worker: &Worker, conn: &Conn, slot: usize, chat: &str, e: &BackendError) {
-    if matches!(e, BackendError::NotParticipant(_)) {
-        let left = conn.session.borrow_mut().removed_from(chat);
-        if let Some(left) = left {
-            worker.rejoin(slot, &[], &[left]);
-        }
-    }
+/// believed it was in may mean the user was removed from it (or only that this action is not
+/// allowed, e.g. a read receipt for a missing message): the chat list is re-fetched (within the
+/// session's re-fetch budget) and decides which rooms the connection stays in, so a removed
+/// user stops receiving the chat without waiting for a reconnect.
+async fn chat_backend_error(
+    worker: &Worker,
+    conn: &Conn,
+    slot: usize,
+    token: &str,
+    chat: &str,
+    e: &BackendError,
+) {
     backend_error(worker, &conn.outbox, e);
+    if !matches!(e, BackendError::NotParticipant(_)) {
+        return;
+    }
+    let verify = {
+        let mut session = conn.session.borrow_mut();
+        session.is_member(chat) && session.start_refetch(Instant::now())
+    };
+    if !verify {
+        return;
+    }
+    let backend = worker.shared.backend.clone();
+    if let Ok(chats) = worker.backend_call(call::CHATS, backend.chats(token)).await {
+        let chats = chats.into_iter().map(Arc::from).collect();
+        let change = conn.session.borrow_mut().refetched(chats);
+        worker.rejoin(slot, &change.joined, &change.left);
+    }
 }
 
 async fn handle(
@@ -538,7 +557,7 @@ async fn handle(
                     let room = chat_arc(conn, &m.chat_id);
                     worker.publish(vec![room], frame, None, EventKind::Message);
                 }
-                Err(e) => chat_backend_error(worker, conn, slot, &asked, &e),
+                Err(e) => chat_backend_error(worker, conn, slot, token, &asked, &e).await,
             }
         }
         Command::MarkRead {
@@ -565,7 +584,7 @@ async fn handle(
                     .to_frame();
                     worker.publish(vec![chat_arc(conn, &chat_id)], frame, None, EventKind::Read);
                 }
-                Err(e) => chat_backend_error(worker, conn, slot, &chat_id, &e),
+                Err(e) => chat_backend_error(worker, conn, slot, token, &chat_id, &e).await,
             }
         }
         Command::Typing { chat_id, is_typing } => {
