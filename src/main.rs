@@ -110,7 +110,7 @@ fn main() {
             max_message_size,
             max_fragments,
         }) => {
-            telemetry::init(&cli.config.log_level);
+            let _log = telemetry::init(&cli.config.log_level);
             let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
             let limits = socket_server::net::reader::Limits {
                 max_message_size,
@@ -219,7 +219,7 @@ fn serve(mut config: Config) -> anyhow::Result<()> {
         // Benchmark clients send far above any per-user rate; the limit would measure itself.
         config.rate_limit = 0;
     }
-    telemetry::init(&config.log_level);
+    let _log = telemetry::init(&config.log_level);
     let metrics = Metrics::new();
     let backend = backend(&config, &metrics)?;
     let addr = std::net::SocketAddr::new(config.host, config.ws_port);

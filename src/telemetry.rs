@@ -4,8 +4,16 @@
 //! its other fields go into `data` (field names converted to the seed's camelCase). The level
 //! comes from `LOG_LEVEL`. Tokens are never passed to log events: request paths are logged
 //! without their query string.
+//!
+//! Lines are handed to a dedicated writer thread (tracing-appender's non-blocking writer), so a
+//! worker never waits on stdout: if the log pipe or journald stalls, up to
+//! [`LOG_BUFFER_LINES`] lines queue and further lines are dropped rather than stalling every
+//! connection (and tripping the systemd watchdog). The queue is flushed when the guard that
+//! [`init`] returns is dropped, at the end of a normal exit.
 
 use std::io::Write;
+
+use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
@@ -17,7 +25,12 @@ use tracing_subscriber::Layer;
 
 use crate::protocol::timestamp;
 
-struct JsonLines;
+/// Lines that may wait for the writer thread before new ones are dropped.
+pub const LOG_BUFFER_LINES: usize = 100_000;
+
+struct JsonLines {
+    out: NonBlocking,
+}
 
 #[derive(Default)]
 struct Fields {
@@ -90,8 +103,10 @@ impl<S: Subscriber> Layer<S> for JsonLines {
             "message": fields.message,
             "data": Value::Object(fields.data),
         });
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{line}");
+        // One write per line: the writer thread receives whole lines, never interleaved.
+        let mut text = line.to_string();
+        text.push('\n');
+        let _ = self.out.clone().write_all(text.as_bytes());
     }
 }
 
@@ -106,11 +121,19 @@ pub fn level_filter(level: &str) -> LevelFilter {
     }
 }
 
-/// Installs the JSON-lines logger for the process.
-pub fn init(level: &str) {
+/// Installs the JSON-lines logger for the process. Keep the guard until exit: dropping it
+/// flushes the lines still queued.
+#[must_use = "dropping the guard stops the log writer"]
+pub fn init(level: &str) -> WorkerGuard {
+    let (out, guard) = NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LOG_BUFFER_LINES)
+        .thread_name("log")
+        .finish(std::io::stdout());
     let _ = tracing_subscriber::registry()
-        .with(JsonLines.with_filter(level_filter(level)))
+        .with(JsonLines { out }.with_filter(level_filter(level)))
         .try_init();
+    guard
 }
 
 #[cfg(test)]
