@@ -78,6 +78,8 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Request, usize)>, HandshakeError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let n = match req.parse(buf) {
+        // A complete head can arrive in one read larger than the cap: still refused.
+        Ok(httparse::Status::Complete(n)) if n > MAX_HEAD => return Err(HandshakeError::TooLarge),
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
             return Err(HandshakeError::TooLarge)
@@ -319,6 +321,10 @@ mod tests {
         ));
         let huge = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(MAX_HEAD));
         assert_eq!(parse(huge.as_bytes()), Err(HandshakeError::TooLarge));
+        let complete = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEAD));
+        assert_eq!(parse(complete.as_bytes()), Err(HandshakeError::TooLarge));
+        let fits = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEAD - 64));
+        assert!(parse(fits.as_bytes()).is_ok());
         assert_eq!(
             parse(b"\x00\x01garbage\r\n\r\n"),
             Err(HandshakeError::Malformed)
