@@ -6,6 +6,12 @@
 //! constants below. [`Config::validate`] rejects values that cannot work and names the variable,
 //! so a bad deployment stops at start-up (`socket-server check-config`) rather than at the
 //! first connection.
+//!
+//! Guarantees: a `Config` that passed [`Config::validate`] has every duration within one day,
+//! `MAX_MESSAGE_SIZE` within 16 B..16 MiB, an http(s) `HTTP_API_URL` with a host and no query,
+//! and no conflicting backend modes (`HTTP_API_URL`, `DEMO`, `BENCH_FIXTURE`).
+//! Not guaranteed / not here: parsing alone does not validate; only the first broken rule is
+//! reported; API reachability, a free port and a writable `STORE_PATH` are not checked.
 
 use std::net::IpAddr;
 use std::path::PathBuf;

@@ -1,5 +1,11 @@
 //! The `socket-server` command: serve (the default), check the configuration, or administer
 //! the embedded store.
+//!
+//! Guarantees: `serve` validates the configuration before binding (exit status 2 if invalid, 1
+//! on other errors); signals are handled and systemd told READY only once every worker listens,
+//! within `STARTUP_TIMEOUT` (10 s) or start-up fails.
+//! Not guaranteed / not here: a signal before that ends the process without a drain; `user` and
+//! `chat` do not validate the configuration; the benchmark fixture turns the rate limit off.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

@@ -4,6 +4,12 @@
 //! ([`WorkerMetrics`]), so an increment touches only that worker's atomic: no cache line is
 //! shared between workers on the message path. The registry is read only when scraped.
 //!
+//! Guarantees: every metric is registered in [`Metrics::new`] and a worker's series are created
+//! in [`Metrics::for_worker`], before use; [`Metrics::encode`] never fails.
+//! Not guaranteed / not here: a scrape is not a consistent snapshot across metrics; values are
+//! per process and reset on restart; the `code` and `reason` series appear only once first
+//! counted (those calls look their series up on every call).
+//!
 //! | metric | labels | meaning |
 //! |---|---|---|
 //! | `socket_server_connections` | worker | authenticated connections open |

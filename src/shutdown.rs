@@ -2,6 +2,12 @@
 //!
 //! The handler runs on its own thread (signal-hook's iterator), so nothing async-signal-unsafe
 //! happens in signal context.
+//!
+//! Guarantees: the first signal calls `Shared::shutdown` once; any later one exits at once with
+//! status 130.
+//! Not guaranteed / not here: the drain itself (the workers'); that exit skips the drain and
+//! destructors, so queued log lines may be lost; signals before [`install`] keep their default
+//! action, and only SIGTERM and SIGINT are handled.
 
 use std::sync::Arc;
 

@@ -10,6 +10,12 @@
 //! [`LOG_BUFFER_LINES`] lines queue and further lines are dropped rather than stalling every
 //! connection (and tripping the systemd watchdog). The queue is flushed when the guard that
 //! [`init`] returns is dropped, at the end of a normal exit.
+//!
+//! Guarantees: each event is one whole line, written in one write, so lines never interleave;
+//! logging never makes a worker wait on stdout.
+//! Not guaranteed / not here: that every line is written (overflow is dropped silently; queued
+//! lines are lost on an exit that skips the guard, e.g. `std::process::exit`); a second [`init`]
+//! keeps the first logger.
 
 use std::io::Write;
 

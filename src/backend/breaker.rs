@@ -5,6 +5,12 @@
 //! gateway nothing and is not hammered. Half-open: after the cooldown one probe call goes
 //! through; success closes the breaker, failure opens it for another cooldown. Client errors
 //! (4xx) are answers, not failures: they never trip it.
+//!
+//! Guarantees: with `threshold` 0 it never opens; half-open lets exactly one call through until
+//! its outcome is recorded; a recorded success always closes it and resets the count.
+//! Not guaranteed / not here: no locking (`&mut self`: the caller serialises), no clock, and no
+//! judgement of outcomes (the caller decides what a failure is). A probe whose outcome is never
+//! recorded leaves it half-open, refusing every call.
 
 use std::time::{Duration, Instant};
 

@@ -3,6 +3,11 @@
 //! Jobs go over a bounded MPMC channel; each thread owns whatever per-thread state the backend
 //! gives it (a keep-alive HTTP agent). A full queue rejects the job at once instead of growing
 //! without bound. Dropping the pool lets queued jobs finish and then stops the threads.
+//!
+//! Guarantees: at least one thread; at most `threads` x 1024 jobs queued; [`Pool::submit`] never
+//! blocks (a full or stopped pool hands the job back); a job runs at most once, on one thread.
+//! Not guaranteed / not here: no order between threads, no timeout or cancellation of a running
+//! job, a job that panics ends its thread for good, and dropping the pool does not join them.
 
 use crossbeam_channel::{bounded, Sender, TrySendError};
 

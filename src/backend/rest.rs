@@ -65,7 +65,7 @@ pub struct RestOptions {
     pub auth_cache_ttl: Duration,
 }
 
-/// The longest one REST call can take under [`Guard::call`]: every attempt timing out, plus the
+/// The longest one REST call can take under `Guard::call`: every attempt timing out, plus the
 /// backoffs between them. The drain waits at least this long for calls in flight.
 pub fn longest_call(timeout: Duration, retries: u32) -> Duration {
     let backoffs: Duration = (0..retries).map(|i| RETRY_BACKOFF * 4u32.pow(i)).sum();

@@ -4,6 +4,8 @@
 //! Guarantees: an indicator renewed before its deadline moves its deadline; one that is
 //! stopped never expires later; each expiry is reported once. The caller broadcasts the
 //! `isTyping:false` for expired keys.
+//! Not guaranteed / not here: no timer or clock of its own (an indicator expires only when the
+//! caller passes a later `now` to `handle_timeout`), and no bound on the number of keys.
 
 use std::collections::{BTreeSet, HashMap};
 use std::hash::Hash;

@@ -6,6 +6,9 @@
 //! <token>`), the Origin allow-list, and absolute-form targets (`GET http://host/path`).
 //! Guarantees: the head is capped at [`MAX_HEAD`] bytes and [`MAX_HEADERS`] headers; the
 //! logged path never contains the query string (tokens travel there).
+//! Not guaranteed / not here: the token is only extracted (and [`token_is_well_formed`] checks
+//! its shape), never authenticated; [`parse`] does not apply the Origin rule (callers call
+//! [`origin_allowed`]); no socket I/O or timeouts; no extension (e.g. compression) is negotiated.
 
 use base64::Engine;
 use percent_encoding::percent_decode_str;

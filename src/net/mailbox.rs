@@ -7,6 +7,12 @@
 //!
 //! This is also the seam where a multi-node broker plugs in: a room event leaves a worker only
 //! through [`Bus::publish`].
+//!
+//! Guarantees: [`Mailbox::post`] never blocks or fails; a post racing the owner going to sleep
+//! still wakes it; a batch comes out in queue (FIFO) order; [`Bus::publish`] for [`Mailboxes`]
+//! posts one shared `Arc` to every worker but the origin.
+//! Not guaranteed / not here: the queue is unbounded (no back-pressure); one receiving task per
+//! mailbox (one `AtomicWaker`); `rooms` and `exclude` are applied by the receiving worker.
 
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -2,7 +2,7 @@
 //! server has (pong, close echo, limits) handled here. Shared by chat connections and by the
 //! conformance echo (`socket-server echo`), so Autobahn tests exactly this code.
 //!
-//! Idle, a connection holds no parser and no buffer: [`read_loop`] waits for bytes (read
+//! Idle, a connection holds no parser and no buffer: `read_loop` waits for bytes (read
 //! through the worker's scratch buffer). Active, it parses what arrived in a `burst`, which
 //! creates fastwebsockets' parser (and its read buffer) and drops it again once the parser has
 //! consumed every byte it was given, i.e. holds no partial frame.
@@ -10,6 +10,9 @@
 //! Guarantees: a message is handed over only when complete, within `max_message_size` bytes
 //! and `max_fragments` fragments, and (text) valid UTF-8; pings are answered; a close is
 //! echoed. A violation ends the loop with the close code to send.
+//! Not guaranteed / not here: unmasked client frames are caught only on a best-effort basis;
+//! frames still buffered once the connection is closing are not handled; no idle or heartbeat
+//! timeout is enforced here (whoever closes the outbox ends the loop).
 
 use std::cell::{Cell, RefCell};
 use std::convert::Infallible;

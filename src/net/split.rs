@@ -7,6 +7,11 @@
 //! and keeping only the bytes that arrived (its `staging`). The frame parser is created only
 //! while those bytes are parsed (see `connection`). [`Feed`] counts every byte handed to the
 //! parser, so the connection knows when the parser holds no partial frame and can be dropped.
+//!
+//! Guarantees: `staging` is freed as soon as the parser has taken all of it; [`Feed`] counts
+//! exactly the bytes it hands over; [`Input::fill`] reports EOF as `Ok(false)`.
+//! Not guaranteed / not here: the halves are `!Send` (`Rc`) and stay on the worker that split
+//! them; framing, limits and timeouts are the reader's.
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;

@@ -3,6 +3,12 @@
 //! Each layer's error enum (`InboundError`, `BackendError`, `SessionError`) maps each variant to
 //! one [`ErrorCode`] here; the code decides whether the connection stays open. This is the only
 //! place where wire codes and close codes are spelled.
+//!
+//! Guarantees: each [`ErrorCode`] has one wire spelling ([`ErrorCode::as_str`], equal to its
+//! serde form) and at most one close code: only `AUTH_FAILED` (4001) and `SERVER_SHUTDOWN`
+//! (1001) close; each [`CloseCode`] has one fixed reason text.
+//! Not guaranteed / not here: nothing is sent or counted here, and closes not tied to an error
+//! code (1002, 1007, 1009, 4008, 4009, 4029, …) are chosen by the layers that detect them.
 
 use serde::Serialize;
 

@@ -3,6 +3,11 @@
 //! [`Outbound::to_frame`] writes the JSON straight after a reserved header gap and fills in the
 //! header afterwards, so the returned [`Bytes`] is the complete unmasked server frame: every
 //! recipient (local or on another worker) gets a clone of the same bytes, never a re-encoding.
+//!
+//! Guarantees: one `{"type","payload"}` JSON object with camelCase fields per message, in a
+//! single final (FIN) text frame; `to_frame` cannot fail except through a bug here (it panics).
+//! Not guaranteed / not here: no size cap on outgoing frames, and no queuing, ordering or
+//! delivery (the connection's outbox and the worker mailboxes do that).
 
 use std::sync::Arc;
 

@@ -1,4 +1,8 @@
 //! Timestamps as the seed writes them: RFC 3339, UTC, milliseconds (`2024-01-01T12:00:00.000Z`).
+//!
+//! Guarantees: always UTC, with exactly three fractional digits and a `Z` suffix.
+//! Not guaranteed: monotonicity: [`now`] reads the wall clock (`SystemTime`), which can step
+//! backwards, so two timestamps taken in sequence are not necessarily increasing.
 
 use std::time::SystemTime;
 
