@@ -20,6 +20,18 @@ fn rss_kb(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// `AnonHugePages` of the process, KiB: transparent huge pages (mimalloc asks for them on
+/// its arena) turn any touch of a 2 MiB region into 2 MiB of RSS, so RSS alone can step up
+/// without a leak; reported next to RSS to tell the two apart.
+fn huge_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("AnonHugePages:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
@@ -108,7 +120,11 @@ fn churn_and_traffic_leave_rss_and_fds_flat() {
         open_fds(server.pid),
     );
     samples.push(end);
-    eprintln!("soak: {round} rounds, {sent} messages in {secs} s; samples (s, RSS KiB, fds):");
+    eprintln!(
+        "soak: {round} rounds, {sent} messages in {secs} s; samples (s, RSS KiB, fds); \
+         AnonHugePages at the end: {} KiB",
+        huge_kb(server.pid)
+    );
     for s in &samples {
         eprintln!("  {:7.1} {:8} {:5}", s.0, s.1, s.2);
     }
