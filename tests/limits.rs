@@ -112,6 +112,16 @@ fn messages_over_the_rate_are_refused_and_abuse_closes_4029() {
     );
 }
 
+/// Asserts that a WebSocket for `token` is refused with HTTP 503 (`what`: the attempt, for the
+/// failure message).
+fn expect_503(server: &Server, token: &str, what: &str) {
+    match try_connect(&server.url_with_token(token), &[]) {
+        Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status().as_u16(), 503),
+        Err(e) => panic!("{what}: expected HTTP 503, got {e:?}"),
+        Ok(_) => panic!("{what} was accepted"),
+    }
+}
+
 #[test]
 fn connections_per_address_are_capped() {
     let p = pair();
@@ -120,11 +130,7 @@ fn connections_per_address_are_capped() {
         .spawn();
     let (_a, _) = server.connect_ok(&p.alice);
     let (_b, _) = server.connect_ok(&p.bob);
-    match try_connect(&server.url_with_token(&p.alice), &[]) {
-        Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status().as_u16(), 503),
-        Err(e) => panic!("expected HTTP 503, got {e:?}"),
-        Ok(_) => panic!("third connection from one address was accepted"),
-    }
+    expect_503(&server, &p.alice, "a third connection from one address");
     drop(_a);
     // The slot is released when a connection ends.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -146,11 +152,11 @@ fn health_probes_are_answered_at_the_connection_caps() {
     let (_a, _) = server.connect_ok(&p.alice);
     let (_b, _) = server.connect_ok(&p.bob);
     // Full: a WebSocket is refused, but an orchestrator's probes still get their answer.
-    match try_connect(&server.url_with_token(&p.alice), &[]) {
-        Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status().as_u16(), 503),
-        Err(e) => panic!("expected HTTP 503, got {e:?}"),
-        Ok(_) => panic!("a third connection was accepted with MAX_CONNECTIONS=2"),
-    }
+    expect_503(
+        &server,
+        &p.alice,
+        "a third connection with MAX_CONNECTIONS=2",
+    );
     assert_eq!(server.http_get_status("/healthz"), 200);
     assert_eq!(server.http_get_status("/readyz"), 200);
     let (status, metrics) = http_get(server.port, "/metrics");

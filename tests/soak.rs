@@ -11,25 +11,25 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use support::*;
 
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
+/// One `Key:  N kB` field of a /proc file of `pid`, in KiB (0 if absent).
+fn proc_kb(pid: u32, file: &str, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    proc_kb(pid, "status", "VmRSS")
 }
 
 /// `AnonHugePages` of the process, KiB: transparent huge pages (mimalloc asks for them on
 /// its arena) turn any touch of a 2 MiB region into 2 MiB of RSS, so RSS alone can step up
 /// without a leak; reported next to RSS to tell the two apart.
 fn huge_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("AnonHugePages:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
+    proc_kb(pid, "smaps_rollup", "AnonHugePages")
 }
 
 fn open_fds(pid: u32) -> usize {
