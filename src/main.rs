@@ -105,11 +105,15 @@ enum ChatCmd {
 }
 
 fn main() {
+    // Transparent huge pages off (TRANSPARENT_HUGE_PAGES re-allows them): first, before the
+    // allocator touches much of its arena, which mimalloc reserved with MADV_HUGEPAGE. The flag
+    // is process-wide and also covers memory mapped before it.
+    let huge_pages_off = rustix::thread::disable_transparent_huge_pages(true).is_ok();
     // `.env` fills in variables that are not already set, as in the seed.
     let _ = dotenvy::dotenv();
     let cli = Cli::parse();
     let result = match cli.command {
-        None | Some(Cmd::Serve) => serve(cli.config),
+        None | Some(Cmd::Serve) => serve(cli.config, huge_pages_off),
         Some(Cmd::CheckConfig) => check_config(&cli.config),
         Some(Cmd::Echo {
             port,
@@ -141,9 +145,27 @@ fn main() {
     }
 }
 
+/// Set when the worst-case drain outlasts the shipped unit's `TimeoutStopSec`.
+fn stop_time_warning(config: &Config) -> Option<String> {
+    let worst = config.worst_stop_time();
+    (worst > socket_server::config::UNIT_STOP_TIMEOUT).then(|| {
+        format!(
+            "a drain can take up to {:.1} s (SHUTDOWN_TIMEOUT, or with HTTP_API_URL \
+             BACKEND_TIMEOUT x (BACKEND_RETRIES+1) + backoffs, then DRAIN_WINDOW and 3 s of close \
+             handshakes); TimeoutStopSec in deploy/socket-server.service is {} s: raise it above \
+             that, or lower BACKEND_TIMEOUT / BACKEND_RETRIES",
+            worst.as_secs_f64(),
+            socket_server::config::UNIT_STOP_TIMEOUT.as_secs()
+        )
+    })
+}
+
 fn check_config(config: &Config) -> anyhow::Result<()> {
     config.validate()?;
     println!("configuration is valid");
+    if let Some(warning) = stop_time_warning(config) {
+        println!("warning: {warning}");
+    }
     println!("{config:#?}");
     Ok(())
 }
@@ -219,13 +241,24 @@ fn backend(config: &Config, metrics: &Metrics) -> anyhow::Result<Arc<dyn Backend
     ))
 }
 
-fn serve(mut config: Config) -> anyhow::Result<()> {
+fn serve(mut config: Config, huge_pages_off: bool) -> anyhow::Result<()> {
     config.validate()?;
     if config.bench_fixture.is_some() && config.rate_limit > 0 {
         // Benchmark clients send far above any per-user rate; the limit would measure itself.
         config.rate_limit = 0;
     }
     let _log = telemetry::init(&config.log_level);
+    if config.transparent_huge_pages {
+        // `main` turned them off before anything else; the operator wants them back.
+        if let Err(e) = rustix::thread::disable_transparent_huge_pages(false) {
+            tracing::warn!(error = %e, "Could not allow transparent huge pages");
+        }
+    } else if !huge_pages_off {
+        tracing::warn!("Could not turn transparent huge pages off; RSS will count 2 MiB pages");
+    }
+    if let Some(warning) = stop_time_warning(&config) {
+        tracing::warn!("{warning}");
+    }
     let metrics = Metrics::new();
     let backend = backend(&config, &metrics)?;
     let addr = std::net::SocketAddr::new(config.host, config.ws_port);
@@ -240,7 +273,7 @@ fn serve(mut config: Config) -> anyhow::Result<()> {
         mailboxes,
         listening: Default::default(),
         stopping: Default::default(),
-        busy: Default::default(),
+        settled: Default::default(),
         counts: Default::default(),
         metrics,
         liveness: socket_server::systemd::Liveness::new(workers),

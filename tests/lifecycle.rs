@@ -489,6 +489,17 @@ fn check_config_reads_env_booleans_and_names_the_broken_rule() {
     assert!(!ok && text.contains("HTTP_API_URL"), "{text}");
     let (ok, text) = check(&[("MAX_MESSAGE_SIZE", "33554432")]);
     assert!(!ok && text.contains("MAX_MESSAGE_SIZE"), "{text}");
+    // Valid, but a drain could outlast the shipped unit's TimeoutStopSec: said, not refused.
+    let (ok, text) = check(&[]);
+    assert!(ok && !text.contains("warning"), "{text}");
+    let (ok, text) = check(&[
+        ("HTTP_API_URL", "http://127.0.0.1:9"),
+        ("BACKEND_RETRIES", "5"),
+    ]);
+    assert!(
+        ok && text.contains("warning: a drain can take up to 53.0 s"),
+        "{text}"
+    );
 }
 
 #[test]

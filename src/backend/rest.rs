@@ -267,11 +267,17 @@ fn map_error(e: ureq::Error) -> BackendError {
 /// upstream failure (retried: every call is idempotent or carries an `Idempotency-Key`); a
 /// complete body in the wrong shape is [`BackendError::UpstreamBadResponse`] (not retried).
 fn read_json<T: serde::de::DeserializeOwned>(resp: ureq::Response) -> BackendResult<T> {
+    use std::io::ErrorKind;
     let body = resp.into_string().map_err(|e| match e.kind() {
-        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => {
-            BackendError::UpstreamTimeout
+        ErrorKind::TimedOut | ErrorKind::WouldBlock => BackendError::UpstreamTimeout,
+        ErrorKind::UnexpectedEof
+        | ErrorKind::ConnectionReset
+        | ErrorKind::ConnectionAborted
+        | ErrorKind::BrokenPipe => {
+            BackendError::UpstreamUnavailable(format!("response cut short: {e}"))
         }
-        _ => BackendError::UpstreamUnavailable(format!("response cut short: {e}")),
+        // Over ureq's 10 MiB body limit, or not text: a complete answer, just not one we take.
+        _ => BackendError::UpstreamBadResponse(e.to_string()),
     })?;
     serde_json::from_str(&body).map_err(|e| BackendError::UpstreamBadResponse(e.to_string()))
 }

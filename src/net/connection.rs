@@ -43,8 +43,11 @@ use crate::protocol::{inbound, timestamp, CloseCode, Command, ErrorCode};
 
 /// Most connections over the caps that may still be read for a health probe, process-wide.
 const MAX_PROBES: usize = 16;
-/// How long a connection over the caps has to send its request head.
-const PROBE_READ_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a connection over the caps has to send its request head (probes send it at once;
+/// short, so idle sockets cannot hold the [`MAX_PROBES`] slots for long).
+const PROBE_READ_TIMEOUT: Duration = Duration::from_millis(250);
+/// How long the answer to a probe (or the 503) may take to write.
+const PROBE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Plain GETs answered even when the connection caps are reached: an orchestrator must not
 /// restart a healthy, full instance because its liveness probe was refused.
 const PROBE_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
@@ -92,9 +95,19 @@ async fn answer_http(worker: &Rc<Worker>, stream: &mut TcpStreamPoll, req: &Requ
 
 /// A connection over `MAX_CONNECTIONS` or `MAX_CONNECTIONS_PER_IP`: refused with 503, except
 /// a plain GET of a [`PROBE_PATHS`] path, answered as usual if it arrives within
-/// [`PROBE_READ_TIMEOUT`] while fewer than [`MAX_PROBES`] such connections are being read.
+/// [`PROBE_READ_TIMEOUT`] while fewer than [`MAX_PROBES`] such connections are being served.
+/// Not guaranteed: a client that itself opens [`MAX_PROBES`] silent sockets every
+/// [`PROBE_READ_TIMEOUT`] can still crowd probes out.
 async fn serve_refused(worker: &Rc<Worker>, stream: &mut TcpStreamPoll, refused: Refused) {
+    /// Holds one probe slot; released however the probe ends.
+    struct Slot<'a>(&'a std::sync::atomic::AtomicUsize);
+    impl Drop for Slot<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
     let probes = &worker.shared.counts.probes;
+    let slot = Slot(probes);
     if probes.fetch_add(1, Ordering::Relaxed) < MAX_PROBES {
         let mut buf = BytesMut::with_capacity(1024);
         let head = read_head(stream, &mut buf, PROBE_READ_TIMEOUT).await;
@@ -103,19 +116,23 @@ async fn serve_refused(worker: &Rc<Worker>, stream: &mut TcpStreamPoll, refused:
                 && req.upgrade.is_none()
                 && PROBE_PATHS.contains(&req.path.as_str())
             {
-                answer_http(worker, stream, req).await;
-                probes.fetch_sub(1, Ordering::Relaxed);
+                let response = crate::http::respond(worker, req).await;
+                let _ = monoio::time::timeout(PROBE_WRITE_TIMEOUT, async {
+                    let _ = stream.write_all(&response).await;
+                    let _ = stream.shutdown().await;
+                })
+                .await;
                 return;
             }
         }
     }
-    probes.fetch_sub(1, Ordering::Relaxed);
+    drop(slot);
     tracing::warn!(reason = %refused, "Connection refused");
     worker.shared.metrics.refused(&refused.to_string());
     let body = refused.to_string();
     let response =
         handshake::http_response(503, "Service Unavailable", "text/plain", body.as_bytes());
-    let _ = monoio::time::timeout(PROBE_READ_TIMEOUT, stream.write_all(&response)).await;
+    let _ = monoio::time::timeout(PROBE_WRITE_TIMEOUT, stream.write_all(&response)).await;
 }
 
 /// Serves one accepted socket: handshake and authentication here, then the steady state in a
@@ -372,8 +389,6 @@ impl Handler for Chat<'_> {
     }
 
     async fn message(&mut self, message: Message, now: Instant) {
-        // Held until the message's events are published (to other workers' mailboxes too).
-        let _busy = self.worker.busy();
         let admission = self.conn.session.borrow_mut().admit(now);
         match admission {
             Admission::Allowed => {}

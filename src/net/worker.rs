@@ -29,6 +29,7 @@ use super::mailbox::{Bus, ConnRef, Envelope, EventKind, Mailbox, RoomEvent};
 use super::outbox::{Class, Outbox, Pushed};
 use crate::backend::Backend;
 use crate::config::Config;
+use crate::config::CLOSE_GRACE;
 use crate::core::presence::{owner_of, Presence};
 use crate::core::room::Rooms;
 use crate::core::session::{Heartbeat, Session};
@@ -48,8 +49,6 @@ const READ_SCRATCH: usize = 16 * 1024;
 const WORKER_STACK: usize = 8 << 20;
 /// Most batches the drain closes connections in.
 const DRAIN_BATCHES: usize = 10;
-/// How long the drain waits for connections to finish their close handshake.
-const CLOSE_GRACE: Duration = Duration::from_secs(3);
 /// Shortest pause of the ticker.
 const MIN_TICK: Duration = Duration::from_millis(5);
 
@@ -69,10 +68,11 @@ pub struct Shared {
     pub listening: AtomicUsize,
     /// Set once shutdown begins.
     pub stopping: AtomicBool,
-    /// Client messages being handled on any worker, from parse to publish. Every worker's
-    /// drain waits for it to reach zero, so a message still being stored on one worker is
-    /// delivered to its chat's members on the others before they are closed.
-    pub busy: AtomicUsize,
+    /// Workers whose drain has finished the work already accepted (every connection parked,
+    /// no backend call in flight). Each drain waits for all of them before its last mailbox
+    /// pass, so a message still being stored on one worker reaches its chat's members on the
+    /// others before they are closed. Touched only during shutdown.
+    pub settled: AtomicUsize,
     /// Open connections, for `MAX_CONNECTIONS` and `MAX_CONNECTIONS_PER_IP`.
     pub counts: ConnectionCounts,
     /// Prometheus metrics.
@@ -321,12 +321,6 @@ impl Worker {
             worker: self.clone(),
             ip,
         })
-    }
-
-    /// Counts one client message as being handled (see [`Shared::busy`]) until the guard drops.
-    pub fn busy(&self) -> Busy<'_> {
-        self.shared.busy.fetch_add(1, Ordering::SeqCst);
-        Busy(&self.shared.busy)
     }
 
     /// Runs a backend call (`call` indexes [`crate::metrics::CALLS`]), timed, and counted as
@@ -581,15 +575,21 @@ impl Worker {
         }
         // Every connection finishes what it already read (answers, deliveries, backend calls)
         // and parks; then nobody can start new work.
-        while (self.parked.get() < self.connections()
-            || self.inflight.get() > 0
-            || self.shared.busy.load(Ordering::SeqCst) > 0)
+        while (self.parked.get() < self.connections() || self.inflight.get() > 0)
             && Instant::now() < deadline
         {
             monoio::time::sleep(Duration::from_millis(5)).await;
         }
-        // Events other workers published before their work ended are queued here: deliver
-        // them before the closes below.
+        // Then wait for every other worker to get there too: until then one of them may still
+        // publish a message to chats that have members here.
+        self.shared.settled.fetch_add(1, Ordering::AcqRel);
+        while self.shared.settled.load(Ordering::Acquire) < self.shared.workers()
+            && Instant::now() < deadline
+        {
+            monoio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Everything they published before settling is queued here now: deliver it before
+        // the closes below.
         let mut pending = Vec::new();
         self.shared.mailboxes[self.id].take_now(&mut pending);
         for e in pending {
@@ -640,15 +640,6 @@ impl Worker {
     /// A connection finished its accepted work during the drain and waits to be closed.
     pub fn park(&self) {
         self.parked.set(self.parked.get() + 1);
-    }
-}
-
-/// A client message being handled; counts [`Shared::busy`] down when dropped.
-pub struct Busy<'a>(&'a AtomicUsize);
-
-impl Drop for Busy<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
