@@ -524,3 +524,24 @@ fn head_requests_get_the_head_without_a_body() {
         "a HEAD response has no body: {text:?}"
     );
 }
+
+#[test]
+fn transparent_huge_pages_are_off_unless_allowed() {
+    let thp = |server: &Server| {
+        std::fs::read_to_string(format!("/proc/{}/status", server.pid))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("THP_enabled:").map(|v| v.trim().to_string()))
+    };
+    let store = TestStore::new();
+    let server = Server::start(&store.path);
+    let Some(default) = thp(&server) else {
+        eprintln!("kernel without THP_enabled in /proc/<pid>/status: nothing to check");
+        return;
+    };
+    assert_eq!(default, "0", "THP must be off by default");
+    let allowed = ServerBuilder::new(&store.path)
+        .env("TRANSPARENT_HUGE_PAGES", "1")
+        .spawn();
+    assert_eq!(thp(&allowed).as_deref(), Some("1"));
+}

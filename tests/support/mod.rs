@@ -67,6 +67,7 @@ pub const SERVER_ENV: &[&str] = &[
     "NOTIFY_SOCKET",
     "WATCHDOG_USEC",
     "WATCHDOG_PID",
+    "TRANSPARENT_HUGE_PAGES",
 ];
 
 /// The origin every test server allows through CORS_ORIGIN (besides same-origin).
