@@ -1,5 +1,7 @@
 //! Soak: connect/disconnect churn plus chat traffic for a bounded time, sampling the server's
-//! RSS and open file descriptors; both must end flat (no leak per connection or message).
+//! RSS and open file descriptors; both must end flat (no leak per connection or message):
+//! fds back to the first sample + 4, RSS growth over the second half under 1 MiB for runs of
+//! 300 s or more (4 MiB for the short CI run, still in warm-up).
 //!
 //! CI runs a short version (SOAK_SECS unset: 12 s). The full run is `scripts/soak.sh`
 //! (SOAK_SECS=600 on a release build). Sampling reads /proc/<pid>/status and /proc/<pid>/fd.
@@ -138,10 +140,13 @@ fn churn_and_traffic_leave_rss_and_fds_flat() {
         "fds grew: first {first:?}, end {end:?}"
     );
     // RSS: flat over the second half of the run (allocator warm-up happens in the first).
+    // Long runs get a tight bound: flat runs here vary by under 0.3 MiB over 10 minutes, and
+    // the waker leak fixed in c2b51bc added ~3 MiB per 5 minutes under load (BENCHMARKS.md).
     let mid = samples[samples.len() / 2];
     let growth = end.1.saturating_sub(mid.1);
+    let allowed_kib = if secs >= 300 { 1024 } else { 4 * 1024 };
     assert!(
-        growth < 4 * 1024,
-        "RSS grew {growth} KiB in the second half: {samples:?}"
+        growth < allowed_kib,
+        "RSS grew {growth} KiB in the second half (allowed {allowed_kib}): {samples:?}"
     );
 }
