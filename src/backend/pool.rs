@@ -7,9 +7,14 @@
 //! Guarantees: at least one thread; at most `threads` x 1024 jobs queued; [`Pool::submit`] never
 //! blocks (a full or stopped pool hands the job back); a job runs at most once, on one thread.
 //! Not guaranteed / not here: no order between threads, no timeout or cancellation of a running
-//! job, a job that panics ends its thread for good, and dropping the pool does not join them.
+//! job (one that panics is caught: its caller gets no answer, the thread goes on), and dropping
+//! the pool does not join them.
 
 use crossbeam_channel::{bounded, Sender, TrySendError};
+
+fn name_of_thread() -> String {
+    std::thread::current().name().unwrap_or("pool").to_string()
+}
 
 /// A job run on a pool thread with that thread's state.
 pub type Job<S> = Box<dyn FnOnce(&S) + Send>;
@@ -39,7 +44,13 @@ impl<S: 'static> Pool<S> {
                 .spawn(move || {
                     let state = make_state();
                     while let Ok(job) = rx.recv() {
-                        job(&state);
+                        // A panicking job (a bug) must not take its thread with it: the pool
+                        // would shrink for good. Its caller's reply is dropped unanswered, which
+                        // the caller sees as the backend stopping (INTERNAL_ERROR).
+                        let run = std::panic::AssertUnwindSafe(|| job(&state));
+                        if std::panic::catch_unwind(run).is_err() {
+                            tracing::error!(pool = %name_of_thread(), "backend job panicked");
+                        }
                     }
                 })?;
         }
@@ -57,6 +68,22 @@ impl<S: 'static> Pool<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_panicking_job_does_not_take_its_thread() {
+        let pool = Pool::new("p", 1, || ()).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<u32>();
+        let lost = tx.clone();
+        assert!(pool
+            .submit(Box::new(move |_: &()| {
+                let _keep = &lost;
+                panic!("bug in a job");
+            }))
+            .is_ok());
+        assert!(pool.submit(Box::new(move |_: &()| tx.send(1).unwrap())).is_ok());
+        let got = rx.recv_timeout(std::time::Duration::from_secs(5));
+        assert_eq!(got, Ok(1), "the only thread must still run jobs");
+    }
 
     #[test]
     fn runs_jobs_with_thread_state() {
