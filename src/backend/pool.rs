@@ -80,7 +80,9 @@ mod tests {
                 panic!("bug in a job");
             }))
             .is_ok());
-        assert!(pool.submit(Box::new(move |_: &()| tx.send(1).unwrap())).is_ok());
+        assert!(pool
+            .submit(Box::new(move |_: &()| tx.send(1).unwrap()))
+            .is_ok());
         let got = rx.recv_timeout(std::time::Duration::from_secs(5));
         assert_eq!(got, Ok(1), "the only thread must still run jobs");
     }
