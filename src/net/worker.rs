@@ -32,7 +32,7 @@ use crate::config::Config;
 use crate::config::CLOSE_GRACE;
 use crate::core::presence::{owner_of, Presence};
 use crate::core::room::Rooms;
-use crate::core::session::{Heartbeat, Session};
+use crate::core::session::{Heartbeat, Session, User};
 use crate::core::typing::Typing;
 use crate::metrics::{Metrics, WorkerMetrics};
 use crate::protocol::frame::control_frame;
@@ -112,6 +112,17 @@ impl Shared {
             }
         }
     }
+}
+
+/// The `chat:typing` frame that ends `user`'s indicator in `chat`.
+fn typing_stopped_frame(user: &User, chat: &str) -> Bytes {
+    Outbound::ChatTyping {
+        chat_id: chat,
+        user_id: &user.id,
+        user_name: &user.name,
+        is_typing: false,
+    }
+    .to_frame()
 }
 
 /// A one-shot, thread-local event that tasks can wait for.
@@ -367,6 +378,13 @@ impl Worker {
         slot
     }
 
+    /// The user behind a registered connection.
+    fn user_of(&self, slot: usize) -> Option<User> {
+        let conns = self.conns.borrow();
+        let user = conns.get(slot)?.session.borrow().user().clone();
+        Some(user)
+    }
+
     /// Removes a connection: leaves its rooms, ends its typing indicators and presence.
     pub fn unregister(&self, slot: usize) {
         let Some(conn) = self.conns.borrow_mut().try_remove(slot) else {
@@ -384,13 +402,7 @@ impl Worker {
         for chat in session.chats() {
             let was_typing = self.typing.borrow_mut().stop(&(slot, chat.clone()));
             if was_typing && !self.draining() {
-                let frame = Outbound::ChatTyping {
-                    chat_id: chat,
-                    user_id: &user.id,
-                    user_name: &user.name,
-                    is_typing: false,
-                }
-                .to_frame();
+                let frame = typing_stopped_frame(&user, chat);
                 self.publish(vec![chat.clone()], frame, None, EventKind::Typing);
             }
         }
@@ -413,19 +425,10 @@ impl Worker {
         // An indicator in a chat the user left ends for the others now, not at its expiry.
         for chat in left {
             if self.typing.borrow_mut().stop(&(slot, chat.clone())) {
-                let frame = {
-                    let conns = self.conns.borrow();
-                    let Some(c) = conns.get(slot) else { continue };
-                    let s = c.session.borrow();
-                    let u = s.user();
-                    Outbound::ChatTyping {
-                        chat_id: chat,
-                        user_id: &u.id,
-                        user_name: &u.name,
-                        is_typing: false,
-                    }
-                    .to_frame()
+                let Some(user) = self.user_of(slot) else {
+                    continue;
                 };
+                let frame = typing_stopped_frame(&user, chat);
                 self.publish(vec![chat.clone()], frame, None, EventKind::Typing);
             }
         }
@@ -534,19 +537,10 @@ impl Worker {
     fn tick(&self, now: Instant, heartbeat_due: bool) {
         let expired = self.typing.borrow_mut().handle_timeout(now);
         for (slot, chat) in expired {
-            let frame = {
-                let conns = self.conns.borrow();
-                let Some(c) = conns.get(slot) else { continue };
-                let s = c.session.borrow();
-                let u = s.user();
-                Outbound::ChatTyping {
-                    chat_id: &chat,
-                    user_id: &u.id,
-                    user_name: &u.name,
-                    is_typing: false,
-                }
-                .to_frame()
+            let Some(user) = self.user_of(slot) else {
+                continue;
             };
+            let frame = typing_stopped_frame(&user, &chat);
             // To the chat but not the typing connection, like the `chat:typing` it ends.
             self.publish(vec![chat], frame, Some((self.id, slot)), EventKind::Typing);
         }
