@@ -33,9 +33,9 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::sync::Notify;
 
-use super::{await_setup, idle_until, open_chat_client, ChatCtx};
+use super::{await_setup, drain_frames, idle_until, open_chat_client, ChatCtx};
 use crate::common::{parse_duration, Common};
-use crate::frames::{find, Kind};
+use crate::frames::find;
 use crate::rate::{now_ns, Schedule};
 use crate::report::{fmt_count, fmt_ns, fmt_rate, latency_histogram, Percentiles, Table};
 use crate::run::{self, wait_phase, Monitor, Phase, Shared, Window};
@@ -181,23 +181,11 @@ async fn client(
                 bail!("server closed the connection");
             }
             let now = now_ns();
-            let (mut chat, mut other, mut rec) = (0u64, 0u64, 0u64);
-            let d = conn.drain(|k, p| match k {
-                Kind::ChatMessage => {
-                    chat += 1;
-                    rec += u64::from(record(&part, now, win, sched.end_ns, p));
-                }
-                Kind::Error => shared.server_error(p),
-                _ => other += 1,
+            let mut rec = 0u64;
+            drain_frames(&mut conn, shared, |p| {
+                rec += u64::from(record(&part, now, win, sched.end_ns, p));
             })?;
-            if let Some(code) = d.closed {
-                bail!("server sent close (code {code})");
-            }
-            shared.deliveries.fetch_add(chat, Relaxed);
             recorded.fetch_add(rec, Relaxed);
-            if other > 0 {
-                shared.other.fetch_add(other, Relaxed);
-            }
         }
         if sender.is_some() {
             let now = now_ns();

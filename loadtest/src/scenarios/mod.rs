@@ -95,9 +95,21 @@ pub async fn open_chat_client(
 /// Walks the frames just read: counts chat messages (added to `deliveries`, and returned) and
 /// other frames, records server errors, and fails on a server close.
 pub fn count_frames(conn: &mut Conn, shared: &Shared) -> Result<u64> {
+    drain_frames(conn, shared, |_| {})
+}
+
+/// [`count_frames`], also handing each chat message's payload to `on_chat`.
+pub fn drain_frames(
+    conn: &mut Conn,
+    shared: &Shared,
+    mut on_chat: impl FnMut(&[u8]),
+) -> Result<u64> {
     let (mut chat, mut other) = (0u64, 0u64);
     let d = conn.drain(|k, p| match k {
-        Kind::ChatMessage => chat += 1,
+        Kind::ChatMessage => {
+            chat += 1;
+            on_chat(p);
+        }
         Kind::Error => shared.server_error(p),
         _ => other += 1,
     })?;
