@@ -9,7 +9,8 @@
 //!
 //! Guarantees: a `Config` that passed [`Config::validate`] has every duration within one day,
 //! `MAX_MESSAGE_SIZE` within 16 B..16 MiB, an http(s) `HTTP_API_URL` with a host and no query,
-//! and no conflicting backend modes (`HTTP_API_URL`, `DEMO`, `BENCH_FIXTURE`).
+//! no conflicting backend modes (`HTTP_API_URL`, `DEMO`, `BENCH_FIXTURE`), and an `API_KEY` of
+//! at least 16 visible characters whenever `API_PORT`/`API_HOST` are set.
 //! Not guaranteed / not here: parsing alone does not validate; only the first broken rule is
 //! reported; API reachability, a free port and a writable `STORE_PATH` are not checked.
 
@@ -18,6 +19,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+
+/// Shortest `API_KEY` accepted, in bytes: a key anyone can guess protects nothing.
+pub const MIN_API_KEY_LEN: usize = 16;
+/// Default largest server API request body, in bytes (`API_MAX_BODY`).
+pub const DEFAULT_API_MAX_BODY: usize = 1 << 20;
+/// Largest `API_MAX_BODY` accepted, in bytes: a body is held whole in memory while handled.
+pub const API_MAX_BODY_LIMIT: usize = 64 << 20;
 
 /// Default WebSocket port (the seed's `WS_PORT`).
 pub const DEFAULT_WS_PORT: u16 = 8080;
@@ -223,6 +231,27 @@ pub struct Config {
     #[arg(long, env = "TRANSPARENT_HUGE_PAGES", default_value_t = false, value_parser = clap::builder::BoolishValueParser::new())]
     pub transparent_huge_pages: bool,
 
+    /// Key of the server API (`/api/...`, for the product's backend): requests must carry
+    /// `Authorization: Bearer <API_KEY>`. Unset (the default), the API is off and its routes
+    /// answer 404. At least 16 visible ASCII characters. Env `API_KEY`. Never logged or printed.
+    #[arg(long, env = "API_KEY", hide_env_values = true)]
+    pub api_key: Option<ApiKey>,
+
+    /// Port of the server API. Unset (the default), the API is served on `WS_PORT`; set, only
+    /// here (so it can be bound to an internal interface with `API_HOST`). 0 picks a free port.
+    /// Env `API_PORT`.
+    #[arg(long, env = "API_PORT")]
+    pub api_port: Option<u16>,
+
+    /// Address the `API_PORT` listener binds. Default: `HOST`. Env `API_HOST`.
+    #[arg(long, env = "API_HOST")]
+    pub api_host: Option<IpAddr>,
+
+    /// Largest server API request body, in bytes (1 KiB – 64 MiB); larger requests get 413.
+    /// Env `API_MAX_BODY`. Default 1048576.
+    #[arg(long, env = "API_MAX_BODY", default_value_t = DEFAULT_API_MAX_BODY)]
+    pub api_max_body: usize,
+
     /// Demo mode: seed users alice, bob and carol (tokens `demo-alice`, …) and a chat `general`
     /// into the embedded store, and serve the demo chat page at `GET /`. Env `DEMO` (`1`,
     /// `true`, `yes`, `on` / `0`, `false`, `no`, `off`). Default off.
@@ -233,6 +262,50 @@ pub struct Config {
     /// kept in memory; no real data is touched. Env `BENCH_FIXTURE`.
     #[arg(long, env = "BENCH_FIXTURE")]
     pub bench_fixture: Option<String>,
+}
+
+/// The server API key. Its `Debug` form is redacted, so `check-config` and logs never show it;
+/// [`ApiKey::matches`] compares in constant time.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(String);
+
+impl std::str::FromStr for ApiKey {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_string()))
+    }
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ApiKey(<{} bytes, redacted>)", self.0.len())
+    }
+}
+
+impl ApiKey {
+    /// Whether `offered` is the key. Both are hashed first, so the comparison's time depends
+    /// on neither the key's length nor the position of the first differing byte; the digests
+    /// are compared with `subtle`'s constant-time equality.
+    pub fn matches(&self, offered: &str) -> bool {
+        use sha2::{Digest, Sha256};
+        use subtle::ConstantTimeEq;
+        let a = Sha256::digest(self.0.as_bytes());
+        let b = Sha256::digest(offered.as_bytes());
+        a.ct_eq(&b).into()
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.0.len() < MIN_API_KEY_LEN {
+            return Err(bad("API_KEY", "must be at least 16 characters"));
+        }
+        if !self.0.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(bad(
+                "API_KEY",
+                "must be visible ASCII (no spaces or control characters)",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A setting that cannot work; the message names the variable.
@@ -365,6 +438,37 @@ impl Config {
                 ));
             }
         }
+        match &self.api_key {
+            Some(key) => key.check()?,
+            None if self.api_port.is_some() => {
+                return Err(bad(
+                    "API_PORT",
+                    "needs API_KEY (the API is off without a key)",
+                ))
+            }
+            None if self.api_host.is_some() => {
+                return Err(bad("API_HOST", "needs API_KEY and API_PORT"))
+            }
+            None => {}
+        }
+        if self.api_host.is_some() && self.api_port.is_none() {
+            return Err(bad(
+                "API_HOST",
+                "needs API_PORT (without it the API shares WS_PORT and HOST)",
+            ));
+        }
+        if let Some(port) = self.api_port {
+            if port != 0 && port == self.ws_port && self.api_host.unwrap_or(self.host) == self.host
+            {
+                return Err(bad(
+                    "API_PORT",
+                    "must differ from WS_PORT (unset it to serve the API on WS_PORT)",
+                ));
+            }
+        }
+        if !(1024..=API_MAX_BODY_LIMIT).contains(&self.api_max_body) {
+            return Err(bad("API_MAX_BODY", "must be between 1024 bytes and 64 MiB"));
+        }
         if self.bench_fixture.is_some() {
             if self.http_api_url.is_some() || self.demo {
                 return Err(bad(
@@ -410,6 +514,15 @@ impl Config {
                 .map(|n| n.get())
                 .unwrap_or(1)
         }
+    }
+
+    /// Where the server API listens when it has a port of its own (`API_PORT` set).
+    pub fn api_addr(&self) -> Option<std::net::SocketAddr> {
+        let port = self.api_port.filter(|_| self.api_key.is_some())?;
+        Some(std::net::SocketAddr::new(
+            self.api_host.unwrap_or(self.host),
+            port,
+        ))
     }
 
     /// `HEARTBEAT_INTERVAL` as a duration.
@@ -568,6 +681,49 @@ mod tests {
         }
         let c = parse(&["--http-api-url", "http://api", "--bench-fixture", "10:1"]);
         assert_eq!(c.validate().unwrap_err().var, "BENCH_FIXTURE");
+    }
+
+    #[test]
+    fn api_settings_are_checked_and_the_key_never_printed() {
+        let key = "k3y-k3y-k3y-k3y-k3y";
+        let c = parse(&["--api-key", key]);
+        assert_eq!(c.validate(), Ok(()));
+        assert!(!format!("{c:?}").contains(key), "Debug must redact API_KEY");
+        let k = c.api_key.as_ref().expect("key");
+        assert!(k.matches(key));
+        assert!(!k.matches("k3y-k3y-k3y-k3y-k3"));
+        assert!(!k.matches(""));
+        assert_eq!(c.api_addr(), None, "no API_PORT: the API shares WS_PORT");
+        for (args, var) in [
+            (vec!["--api-key", "short"], "API_KEY"),
+            (vec!["--api-key", "has a space in it!!"], "API_KEY"),
+            (vec!["--api-port", "9000"], "API_PORT"),
+            (vec!["--api-key", key, "--api-port", "8080"], "API_PORT"),
+            (
+                vec!["--api-key", key, "--api-host", "127.0.0.1"],
+                "API_HOST",
+            ),
+            (
+                vec!["--api-key", key, "--api-max-body", "10"],
+                "API_MAX_BODY",
+            ),
+        ] {
+            assert_eq!(
+                parse(&args).validate().map_err(|e| e.var),
+                Err(var),
+                "{args:?}"
+            );
+        }
+        let c = parse(&[
+            "--api-key",
+            key,
+            "--api-port",
+            "9000",
+            "--api-host",
+            "10.0.0.5",
+        ]);
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(c.api_addr(), Some("10.0.0.5:9000".parse().expect("addr")));
     }
 
     #[test]

@@ -14,6 +14,8 @@
 //!   fixture), run off the I/O threads on a small blocking pool.
 //! - [`net`]: the monoio shell — one worker thread per core, each with its own `SO_REUSEPORT`
 //!   listener, its connections, its rooms, and a mailbox for events from other workers.
+//! - [`api`]: the server API for the product's backend (deliver a message, add or remove a
+//!   chat member, disconnect a user, presence), as plain data; `net::api` serves it.
 //! - [`http`]: plain-HTTP requests served on the WebSocket port (health, readiness, demo page).
 //!
 //! Guarantees: per connection, `chat:message` and `chat:read` are processed in arrival order;
@@ -22,6 +24,7 @@
 //! replay), and ordering between events published by different workers.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod backend;
 pub mod config;
 pub mod core;

@@ -15,7 +15,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use socket_server::backend::fixture::Fixture;
 use socket_server::backend::rest::{RestBackend, RestOptions};
-use socket_server::backend::store::{Admin, Store, DEMO_CHAT, DEMO_USERS};
+use socket_server::backend::store::{Admin, Store, DEMO_CHATS, DEMO_USERS};
 use socket_server::backend::Backend;
 use socket_server::config::Config;
 use socket_server::metrics::Metrics;
@@ -232,7 +232,8 @@ fn backend(config: &Config, metrics: &Metrics) -> anyhow::Result<Arc<dyn Backend
         let mut admin = Admin::open(&config.store_path)?;
         admin.seed_demo()?;
         let tokens: Vec<&str> = DEMO_USERS.iter().map(|u| u.2).collect();
-        tracing::info!(chat = DEMO_CHAT, tokens = ?tokens, "Demo mode: seeded users and chat");
+        let chats: Vec<&str> = DEMO_CHATS.iter().map(|c| c.0).collect();
+        tracing::info!(chats = ?chats, tokens = ?tokens, "Demo mode: seeded users and chats");
     }
     let path = config.store_path.display().to_string();
     tracing::info!(path = %path, "Using the embedded store");
@@ -264,6 +265,13 @@ fn serve(mut config: Config, huge_pages_off: bool) -> anyhow::Result<()> {
     let addr = std::net::SocketAddr::new(config.host, config.ws_port);
     let first = worker::bind_first(addr).with_context(|| format!("binding {addr}"))?;
     let local = first.local_addr()?;
+    let api_first = match config.api_addr() {
+        Some(api) => {
+            Some(worker::bind_first(api).with_context(|| format!("binding API_PORT {api}"))?)
+        }
+        None => None,
+    };
+    let api_local = api_first.as_ref().map(|l| l.local_addr()).transpose()?;
     let workers = config.worker_count();
     let mailboxes: Vec<Arc<Mailbox>> = (0..workers).map(|_| Arc::new(Mailbox::default())).collect();
     let shared = Arc::new(Shared {
@@ -279,7 +287,7 @@ fn serve(mut config: Config, huge_pages_off: bool) -> anyhow::Result<()> {
         liveness: socket_server::systemd::Liveness::new(workers),
         config,
     });
-    let handles = worker::start(shared.clone(), first)?;
+    let handles = worker::start(shared.clone(), first, api_first)?;
     let started = Instant::now();
     while shared.listening.load(Ordering::SeqCst) < workers {
         if started.elapsed() > STARTUP_TIMEOUT || shared.stopping.load(Ordering::SeqCst) {
@@ -296,6 +304,12 @@ fn serve(mut config: Config, huge_pages_off: bool) -> anyhow::Result<()> {
         workers,
         backend = backend.name(),
         demo = shared.config.demo,
+        api = match (&shared.config.api_key, api_local) {
+            (None, _) => "off".to_string(),
+            (Some(_), None) => "on WS_PORT".to_string(),
+            (Some(_), Some(a)) => a.to_string(),
+        },
+        api_port = api_local.map(|a| a.port()),
         "Server listening"
     );
     for h in handles {

@@ -23,6 +23,8 @@
 //! | `socket_server_auth_cache_hits_total` | | authentications answered from the cache |
 //! | `socket_server_breaker_state` | | REST circuit breaker: 0 closed, 1 open, 2 half-open |
 //! | `socket_server_server_closes_total` | code | connections the server closed, by close code |
+//! | `socket_server_api_requests_total` | route, status | server API requests by route and answer |
+//! | `socket_server_api_request_seconds` | route | server API handling time histogram |
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -89,6 +91,17 @@ struct CodeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteStatus {
+    route: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: String,
 }
@@ -112,6 +125,8 @@ pub struct Metrics {
     auth_cache_hits: Counter,
     breaker_state: Gauge,
     closes: Family<CodeLabel, Counter>,
+    api_requests: Family<RouteStatus, Counter>,
+    api_seconds: Family<RouteLabel, Histogram, fn() -> Histogram>,
 }
 
 /// Handles the REST backend updates.
@@ -145,6 +160,8 @@ impl Metrics {
             auth_cache_hits: Counter::default(),
             breaker_state: Gauge::default(),
             closes: Family::default(),
+            api_requests: Family::default(),
+            api_seconds: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             registry: Registry::default(),
         };
         registry.register(
@@ -197,6 +214,16 @@ impl Metrics {
             "breaker_state",
             "REST circuit breaker: 0 closed, 1 open, 2 half-open",
             m.breaker_state.clone(),
+        );
+        registry.register(
+            "api_requests",
+            "Server API requests, by route and answer status",
+            m.api_requests.clone(),
+        );
+        registry.register(
+            "api_request_seconds",
+            "Server API request handling time (after the head arrived), by route",
+            m.api_seconds.clone(),
         );
         Self { registry, ..m }
     }
@@ -256,11 +283,32 @@ impl Metrics {
 
     /// Counts a close the server initiated with `code`.
     pub fn closed(&self, code: crate::protocol::CloseCode) {
+        self.closed_with(code.code());
+    }
+
+    /// Counts a close the server initiated with a numeric `code` (the server API's
+    /// disconnect chooses its own).
+    pub fn closed_with(&self, code: u16) {
         self.closes
             .get_or_create(&CodeLabel {
-                code: code.code().to_string(),
+                code: code.to_string(),
             })
             .inc();
+    }
+
+    /// Counts a server API request by route and answer status, and times it.
+    pub fn api_request(&self, route: &str, status: u16, seconds: f64) {
+        self.api_requests
+            .get_or_create(&RouteStatus {
+                route: route.to_string(),
+                status: status.to_string(),
+            })
+            .inc();
+        self.api_seconds
+            .get_or_create(&RouteLabel {
+                route: route.to_string(),
+            })
+            .observe(seconds);
     }
 
     /// Counts a refused connection.

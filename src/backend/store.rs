@@ -372,6 +372,13 @@ pub const DEMO_USERS: [(&str, &str, &str); 3] = [
 ];
 /// The demo chat everyone is in.
 pub const DEMO_CHAT: &str = "general";
+/// The demo chats: (id, name, members). The first is [`DEMO_CHAT`]; the others give the demo
+/// page's chat switcher something to switch between.
+pub const DEMO_CHATS: [(&str, &str, &[&str]); 3] = [
+    (DEMO_CHAT, "General", &["alice", "bob", "carol"]),
+    ("random", "Random", &["alice", "bob", "carol"]),
+    ("alice-bob", "Alice & Bob", &["alice", "bob"]),
+];
 
 impl Admin {
     /// Opens (creating if needed) the store at `path`.
@@ -430,8 +437,11 @@ impl Admin {
         for (id, name, token) in DEMO_USERS {
             self.add_user_with_token(id, name, &format!("{id}@example.com"), token)?;
         }
-        let members: Vec<String> = DEMO_USERS.iter().map(|u| u.0.to_string()).collect();
-        self.add_chat(DEMO_CHAT, "General", &members)
+        for (id, name, members) in DEMO_CHATS {
+            let members: Vec<String> = members.iter().map(|m| m.to_string()).collect();
+            self.add_chat(id, name, &members)?;
+        }
+        Ok(())
     }
 
     /// Number of stored messages in `chat` (tests and diagnostics).

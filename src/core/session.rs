@@ -150,6 +150,22 @@ impl Session {
         MembershipChange { joined, left }
     }
 
+    /// Adds `chat` (the server API added the user to it); `false` if already in it.
+    pub fn join(&mut self, chat: &Arc<str>) -> bool {
+        if self.is_member(chat) {
+            return false;
+        }
+        self.chats.push(chat.clone());
+        true
+    }
+
+    /// Removes `chat` (the server API removed the user from it); the shared id it was stored
+    /// under (the rooms are keyed by it), or `None` if it was not in it.
+    pub fn leave(&mut self, chat: &str) -> Option<Arc<str>> {
+        let i = self.chats.iter().position(|c| &**c == chat)?;
+        Some(self.chats.swap_remove(i))
+    }
+
     /// Decides again after a re-fetch: execute if the chat is now known, else reject.
     pub fn after_refetch(&self, cmd: Command) -> Decision {
         match cmd.chat_id() {
@@ -246,6 +262,19 @@ mod tests {
             s.after_refetch(msg("c1")),
             Decision::NotParticipant(msg("c1"))
         );
+    }
+
+    #[test]
+    fn chats_joined_and_left_one_at_a_time() {
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        let c2: Arc<str> = "c2".into();
+        assert!(s.join(&c2));
+        assert!(!s.join(&c2), "joining twice is a no-op");
+        assert_eq!(s.decide(msg("c2"), t0), Decision::Execute(msg("c2")));
+        assert_eq!(s.leave("c1").as_deref(), Some("c1"));
+        assert_eq!(s.leave("c1"), None);
+        assert_eq!(s.chats(), &[c2]);
     }
 
     #[test]

@@ -54,7 +54,7 @@ const PROBE_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 
 /// Reads a request head into `buf` within `deadline`. `Ok(None)`: the peer closed or was too
 /// slow; the head is capped at [`MAX_HEAD`] bytes.
-async fn read_head(
+pub(super) async fn read_head(
     stream: &mut TcpStreamPoll,
     buf: &mut BytesMut,
     deadline: Duration,
@@ -162,6 +162,11 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
             Err(e) => return answer_bad_head(&mut stream, e).await,
         };
     let Some(upgrade) = req.upgrade.clone() else {
+        if crate::api::is_api_path(&req.path) {
+            let rest = buf.split_off(consumed);
+            return super::api::serve(&worker, &mut stream, &req, rest, super::api::Port::Shared)
+                .await;
+        }
         return answer_http(&worker, &mut stream, &req).await;
     };
     if !handshake::origin_allowed(

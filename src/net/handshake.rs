@@ -62,6 +62,23 @@ pub struct Request {
     pub origin: Option<String>,
     /// Present when the request asks for a WebSocket upgrade.
     pub upgrade: Option<Upgrade>,
+    /// `Authorization` header (the server API's key travels here); redacted in `Debug`.
+    pub authorization: Option<Redacted>,
+    /// `Content-Length`, when present.
+    pub content_length: Option<u64>,
+    /// Whether a `Transfer-Encoding` header is present (the server API refuses it: bodies must
+    /// announce their length).
+    pub transfer_encoding: bool,
+}
+
+/// A header value that may carry a secret: usable, never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Redacted(pub String);
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 /// The WebSocket part of a request.
@@ -103,6 +120,12 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Request, usize)>, HandshakeError> {
             .map(str::trim)
     };
     let host = header("host").map(str::to_string);
+    let content_length = match header("content-length") {
+        Some(v) => Some(v.parse::<u64>().map_err(|_| HandshakeError::Malformed)?),
+        None => None,
+    };
+    let transfer_encoding = header("transfer-encoding").is_some();
+    let authorization = header("authorization").map(|v| Redacted(v.to_string()));
     let origin = header("origin").map(str::to_string);
     let wants_upgrade = header("upgrade").is_some_and(|v| {
         v.split(',')
@@ -149,6 +172,9 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Request, usize)>, HandshakeError> {
             host,
             origin,
             upgrade,
+            authorization,
+            content_length,
+            transfer_encoding,
         },
         n,
     )))

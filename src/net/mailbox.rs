@@ -78,6 +78,14 @@ pub enum Envelope {
         /// Opened or closed.
         opened: bool,
     },
+    /// Server API actions to apply to local connections, in order; the outcomes go back
+    /// through `reply` (one per action).
+    Api {
+        /// The actions.
+        actions: Arc<[crate::api::Action]>,
+        /// Where the outcomes go.
+        reply: futures_channel::oneshot::Sender<Vec<crate::api::Outcome>>,
+    },
     /// Start draining.
     Shutdown,
 }

@@ -3,6 +3,7 @@
 //! - [`worker`]: one thread per core, each a monoio runtime (io_uring, or epoll where io_uring
 //!   is unavailable) with its own `SO_REUSEPORT` listener, connection table, rooms, typing timers
 //!   and presence shard.
+//! - [`api`]: the server API's requests (on `WS_PORT` or `API_PORT`), rules in `crate::api`.
 //! - [`handshake`]: the HTTP/1.1 upgrade, parsed with httparse; Origin and token rules.
 //! - [`connection`]: a connection's handshake, authentication and chat handling.
 //! - [`reader`]: the frame loop (RFC 6455 obligations, limits), shared with the echo.
@@ -14,6 +15,7 @@
 //! Guarantee: nothing here takes a lock shared with another worker on the message path; what
 //! crosses workers goes through [`mailbox`].
 
+pub mod api;
 pub mod connection;
 pub mod echo;
 pub mod handshake;

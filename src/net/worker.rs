@@ -27,6 +27,7 @@ use slab::Slab;
 use super::connection;
 use super::mailbox::{Bus, ConnRef, Envelope, EventKind, Mailbox, RoomEvent};
 use super::outbox::{Class, Outbox, Pushed};
+use crate::api::{Action, ApiError, Outcome};
 use crate::backend::Backend;
 use crate::config::Config;
 use crate::config::CLOSE_GRACE;
@@ -51,6 +52,8 @@ const WORKER_STACK: usize = 8 << 20;
 const DRAIN_BATCHES: usize = 10;
 /// Shortest pause of the ticker.
 const MIN_TICK: Duration = Duration::from_millis(5);
+/// How long a server API request waits for every worker to confirm its actions.
+const API_CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// State shared by all workers (read-mostly; nothing here is locked on the message path).
 pub struct Shared {
@@ -217,6 +220,8 @@ pub struct Worker {
     pub shared: Arc<Shared>,
     conns: RefCell<Slab<Rc<Conn>>>,
     rooms: RefCell<Rooms<usize>>,
+    /// Local connections by user id (the server API acts on a user's connections).
+    users: RefCell<Rooms<usize>>,
     typing: RefCell<Typing<(usize, Arc<str>)>>,
     presence: RefCell<Presence>,
     scratch: RefCell<Vec<usize>>,
@@ -280,6 +285,7 @@ impl Worker {
             shared,
             conns: RefCell::new(Slab::new()),
             rooms: RefCell::default(),
+            users: RefCell::default(),
             typing: RefCell::new(typing),
             presence: RefCell::default(),
             scratch: RefCell::default(),
@@ -368,6 +374,7 @@ impl Worker {
         };
         let slot = self.conns.borrow_mut().insert(conn);
         self.metrics.connections.inc();
+        self.users.borrow_mut().join(&user, slot);
         {
             let mut rooms = self.rooms.borrow_mut();
             for chat in &chats {
@@ -392,6 +399,7 @@ impl Worker {
         };
         self.metrics.connections.dec();
         let session = conn.session.borrow();
+        self.users.borrow_mut().leave(&session.user().id, slot);
         {
             let mut rooms = self.rooms.borrow_mut();
             for chat in session.chats() {
@@ -464,7 +472,8 @@ impl Worker {
         }
     }
 
-    fn deliver(&self, event: &RoomEvent) {
+    /// Queues `event` to its local members; returns how many got it.
+    fn deliver(&self, event: &RoomEvent) -> usize {
         let exclude = event.exclude.filter(|(w, _)| *w == self.id).map(|(_, s)| s);
         let class = event.kind.class();
         let conns = self.conns.borrow();
@@ -487,6 +496,121 @@ impl Worker {
         if dropped > 0 {
             self.metrics.dropped.inc_by(dropped);
         }
+        queued as usize
+    }
+
+    /// Carries out server API actions on every worker, in order: here first, then on the
+    /// others through their mailboxes (so they apply after anything this worker published
+    /// before). Completes once every worker confirmed, with the outcomes merged per action.
+    pub async fn api(&self, actions: Vec<Action>) -> Result<Vec<Outcome>, ApiError> {
+        if self.draining() {
+            return Err(ApiError::ShuttingDown);
+        }
+        let actions: Arc<[Action]> = actions.into();
+        let mut outcomes = self.apply_api(&actions);
+        let mut replies = Vec::with_capacity(self.shared.workers());
+        for (i, mb) in self.shared.mailboxes.iter().enumerate() {
+            if i != self.id {
+                let (reply, rx) = futures_channel::oneshot::channel();
+                mb.post(Envelope::Api {
+                    actions: actions.clone(),
+                    reply,
+                });
+                replies.push(rx);
+            }
+        }
+        for rx in replies {
+            match monoio::time::timeout(API_CONFIRM_TIMEOUT, rx).await {
+                Ok(Ok(theirs)) => {
+                    for (mine, other) in outcomes.iter_mut().zip(theirs) {
+                        mine.merge(other);
+                    }
+                }
+                // A worker that already ended (its runtime dropped the sender) has no
+                // connections left to act on.
+                Ok(Err(_canceled)) => {}
+                Err(_) => {
+                    return Err(ApiError::WorkerTimeout(
+                        API_CONFIRM_TIMEOUT.as_millis() as u64
+                    ))
+                }
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// Applies server API actions to this worker's connections.
+    fn apply_api(&self, actions: &[Action]) -> Vec<Outcome> {
+        actions.iter().map(|a| self.apply_action(a)).collect()
+    }
+
+    fn apply_action(&self, action: &Action) -> Outcome {
+        match action {
+            Action::Publish { chat, frame, .. } => Outcome::Count(self.deliver(&RoomEvent {
+                rooms: vec![chat.clone()],
+                frame: frame.clone(),
+                exclude: None,
+                kind: EventKind::Message,
+            })),
+            Action::Join { chat, user, frame } => {
+                let mut joined = 0;
+                for (slot, conn) in self.connections_of(user) {
+                    if conn.session.borrow_mut().join(chat) {
+                        // `chat:new` first: every event of the chat comes after it.
+                        conn.outbox.push(frame);
+                        self.rejoin(slot, std::slice::from_ref(chat), &[]);
+                        joined += 1;
+                    }
+                }
+                Outcome::Count(joined)
+            }
+            Action::Leave { chat, user, frame } => {
+                let mut left = 0;
+                for (slot, conn) in self.connections_of(user) {
+                    let stored = conn.session.borrow_mut().leave(chat);
+                    if let Some(stored) = stored {
+                        self.rejoin(slot, &[], &[stored]);
+                        // After leaving the room: nothing of the chat follows `chat:removed`.
+                        conn.outbox.push(frame);
+                        left += 1;
+                    }
+                }
+                Outcome::Count(left)
+            }
+            Action::Disconnect { user, code, frame } => {
+                let conns = self.connections_of(user);
+                for (_, conn) in &conns {
+                    if !conn.outbox.is_closing() {
+                        self.shared.metrics.closed_with(*code);
+                    }
+                    conn.outbox.close_with(frame);
+                }
+                Outcome::Count(conns.len())
+            }
+            Action::Presence { chat } => {
+                let conns = self.conns.borrow();
+                let mut users: HashMap<Arc<str>, usize> = HashMap::new();
+                for slot in self.rooms.borrow().members(chat) {
+                    if let Some(c) = conns.get(*slot) {
+                        *users
+                            .entry(c.session.borrow().user().id.clone())
+                            .or_insert(0) += 1;
+                    }
+                }
+                Outcome::Presence(users)
+            }
+        }
+    }
+
+    /// The local connections of `user`.
+    fn connections_of(&self, user: &str) -> Vec<(usize, Rc<Conn>)> {
+        let conns = self.conns.borrow();
+        self.users
+            .borrow()
+            .members(user)
+            .iter()
+            .filter_map(|slot| Some((*slot, conns.get(*slot)?.clone())))
+            .collect()
     }
 
     fn presence_change(&self, user: Arc<str>, chats: Vec<Arc<str>>, opened: bool) {
@@ -524,7 +648,13 @@ impl Worker {
 
     fn handle(&self, e: Envelope) {
         match e {
-            Envelope::Room(ev) => self.deliver(&ev),
+            Envelope::Room(ev) => {
+                self.deliver(&ev);
+            }
+            Envelope::Api { actions, reply } => {
+                // The requester may have given up (timeout); nothing to tell it then.
+                let _ = reply.send(self.apply_api(&actions));
+            }
             Envelope::Presence {
                 user,
                 chats,
@@ -704,18 +834,27 @@ pub fn bind_first(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-/// Starts every worker thread. Worker 0 takes `first`; the others bind `first`'s address.
+/// Starts every worker thread. Worker 0 takes `first` (and `api_first`, the `API_PORT`
+/// listener); the others bind the same addresses.
 pub fn start(
     shared: Arc<Shared>,
     first: std::net::TcpListener,
+    api_first: Option<std::net::TcpListener>,
 ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
     let addr = first.local_addr()?;
+    let api_addr = api_first.as_ref().map(|l| l.local_addr()).transpose()?;
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut first = Some(first);
+    let mut api_first = api_first;
     let mut handles = Vec::new();
     for id in 0..shared.workers() {
         let shared = shared.clone();
-        let listener = first.take();
+        let listeners = Listeners {
+            ws: first.take(),
+            ws_addr: addr,
+            api: api_first.take(),
+            api_addr,
+        };
         let core = if cores.is_empty() {
             None
         } else {
@@ -728,7 +867,7 @@ pub fn start(
                 if let Some(core) = core {
                     core_affinity::set_for_current(core);
                 }
-                if let Err(e) = run(id, shared.clone(), listener, addr) {
+                if let Err(e) = run(id, shared.clone(), listeners) {
                     tracing::error!(worker = id, error = %e, "worker failed");
                     shared.shutdown();
                 }
@@ -738,22 +877,30 @@ pub fn start(
     Ok(handles)
 }
 
-fn run(
-    id: usize,
-    shared: Arc<Shared>,
-    listener: Option<std::net::TcpListener>,
-    addr: SocketAddr,
-) -> std::io::Result<()> {
+/// A worker's listeners: pre-bound (worker 0) or to bind at these addresses.
+struct Listeners {
+    ws: Option<std::net::TcpListener>,
+    ws_addr: SocketAddr,
+    api: Option<std::net::TcpListener>,
+    api_addr: Option<SocketAddr>,
+}
+
+fn run(id: usize, shared: Arc<Shared>, listeners: Listeners) -> std::io::Result<()> {
     let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
         .enable_timer()
         .build()?;
     rt.block_on(async move {
-        let listener = match listener {
+        let listener = match listeners.ws {
             Some(l) => TcpListener::from_std(l)?,
             None => TcpListener::bind_with_config(
-                addr,
+                listeners.ws_addr,
                 &ListenerOpts::new().reuse_port(true).backlog(4096),
             )?,
+        };
+        let api_listener = match (listeners.api, listeners.api_addr) {
+            (Some(l), _) => Some(TcpListener::from_std(l)?),
+            (None, Some(addr)) => Some(super::api::bind(addr)?),
+            (None, None) => None,
         };
         let io_uring = !monoio::utils::is_legacy();
         tracing::info!(
@@ -766,6 +913,9 @@ fn run(
         shared.listening.fetch_add(1, Ordering::SeqCst);
         monoio::spawn(mailbox_loop(worker.clone()));
         monoio::spawn(ticker(worker.clone()));
+        if let Some(api) = api_listener {
+            monoio::spawn(super::api::accept_loop(worker.clone(), api));
+        }
         accept_loop(worker.clone(), listener).await;
         worker.drain().await;
         tracing::debug!(worker = id, "Worker drained");

@@ -54,6 +54,23 @@ pub fn close_frame(code: CloseCode) -> Bytes {
     control_frame(OpCode::Close, &payload)
 }
 
+/// A close frame with any `code` and `reason` (the server API's disconnect). The caller keeps
+/// `reason` within [`MAX_CLOSE_REASON`] bytes; longer reasons are cut at a character boundary,
+/// since a control frame carries at most 125 bytes.
+pub fn close_frame_with(code: u16, reason: &str) -> Bytes {
+    let mut end = reason.len().min(MAX_CLOSE_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut payload = Vec::with_capacity(2 + end);
+    payload.extend_from_slice(&code.to_be_bytes());
+    payload.extend_from_slice(&reason.as_bytes()[..end]);
+    control_frame(OpCode::Close, &payload)
+}
+
+/// Longest close reason, in bytes: a control frame's 125-byte payload minus the 2-byte code.
+pub const MAX_CLOSE_REASON: usize = 123;
+
 /// Bytes a masked client frame with a `payload`-byte payload occupies on the wire, with the
 /// minimal length encoding RFC 6455 requires. Used to know when the parser has consumed every
 /// byte it was given.
@@ -239,6 +256,21 @@ mod tests {
         assert_eq!(f[0], 0x88);
         assert_eq!(u16::from_be_bytes([f[2], f[3]]), 4001);
         assert_eq!(&f[4..], b"Authentication failed");
+    }
+
+    #[test]
+    fn custom_close_frames_cut_long_reasons_at_a_character() {
+        let f = close_frame_with(4403, "banned");
+        assert_eq!(u16::from_be_bytes([f[2], f[3]]), 4403);
+        assert_eq!(&f[4..], b"banned");
+        let long = "é".repeat(100); // 200 bytes
+        let f = close_frame_with(4001, &long);
+        assert_eq!(
+            f[1] as usize,
+            2 + 122,
+            "cut to 122 bytes, the last whole character"
+        );
+        assert!(std::str::from_utf8(&f[4..]).is_ok());
     }
 
     fn frag(fin: bool, opcode: OpCode, p: &[u8]) -> Frame<'static> {

@@ -39,6 +39,13 @@ pub struct ChatMessage {
     pub client_message_id: Option<String>,
 }
 
+/// A chat named in `chat:new`.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ChatRef<'a> {
+    /// The chat id.
+    pub id: &'a str,
+}
+
 /// `details` of an error: empty, or the rule's subject.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ErrorDetails {
@@ -98,6 +105,20 @@ pub enum Outbound<'a> {
         user_id: &'a str,
         /// Whether any of their connections is open.
         online: bool,
+    },
+    /// The connection joined a chat (the product's backend added the user through the server
+    /// API). The seed declares this type but never sends it.
+    #[serde(rename = "chat:new")]
+    ChatNew {
+        /// The chat joined.
+        chat: ChatRef<'a>,
+    },
+    /// The connection left a chat (the product's backend removed the user); nothing more of
+    /// the chat reaches it.
+    #[serde(rename = "chat:removed", rename_all = "camelCase")]
+    ChatRemoved {
+        /// The chat left.
+        chat_id: &'a str,
     },
     /// Answer to `ping`.
     #[serde(rename = "pong")]
@@ -202,6 +223,17 @@ mod tests {
             }
             .to_json(),
             r#"{"type":"chat:typing","payload":{"chatId":"c","userId":"u","userName":"N","isTyping":true}}"#
+        );
+        assert_eq!(
+            Outbound::ChatNew {
+                chat: ChatRef { id: "c" }
+            }
+            .to_json(),
+            r#"{"type":"chat:new","payload":{"chat":{"id":"c"}}}"#
+        );
+        assert_eq!(
+            Outbound::ChatRemoved { chat_id: "c" }.to_json(),
+            r#"{"type":"chat:removed","payload":{"chatId":"c"}}"#
         );
     }
 
