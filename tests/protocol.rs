@@ -670,36 +670,6 @@ fn presence_counts_devices_across_workers() {
     }
 }
 
-/// The distinct `worker` values of the server's "User connected" log lines of `user` (empty
-/// when the log does not say).
-fn connection_workers(server: &Server, user: &str) -> std::collections::BTreeSet<u64> {
-    server
-        .logs()
-        .iter()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["message"] == "User connected" && v["data"]["userId"] == user)
-        .filter_map(|v| v["data"]["worker"].as_u64())
-        .collect()
-}
-
-/// When the log tells on which worker each connection landed, opens more connections of `user`
-/// while all of them sit on one worker (SO_REUSEPORT spreads them by hash), so that the test
-/// really crosses workers.
-fn spread_over_workers(server: &Server, user: &str, token: &str, conns: &mut Vec<Client>) {
-    for _ in 0..30 {
-        std::thread::sleep(Duration::from_millis(50));
-        let workers = connection_workers(server, user);
-        eprintln!("{user} connections on workers {workers:?}");
-        if workers.is_empty() || workers.len() >= 2 {
-            return;
-        }
-        let mut c = server.connect_ok(token).0;
-        c.collect(Duration::from_millis(20));
-        conns.push(c);
-    }
-    panic!("30 more connections of {user} all landed on one worker");
-}
-
 #[test]
 fn presence_goes_only_to_shared_chats() {
     let w = world();

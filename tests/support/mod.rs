@@ -68,6 +68,10 @@ pub const SERVER_ENV: &[&str] = &[
     "WATCHDOG_USEC",
     "WATCHDOG_PID",
     "TRANSPARENT_HUGE_PAGES",
+    "API_KEY",
+    "API_PORT",
+    "API_HOST",
+    "API_MAX_BODY",
 ];
 
 /// The origin every test server allows through CORS_ORIGIN (besides same-origin).
@@ -951,6 +955,118 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no HTTP status line in response to GET {path}: {text:?}"));
     (status, text)
+}
+
+/// The `worker` of each of the server's "User connected" log lines of `user`, in order.
+/// Panics if a line lacks it: tests that must cross workers depend on it.
+pub fn connection_workers(server: &Server, user: &str) -> Vec<u64> {
+    server
+        .logs()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["message"] == "User connected" && v["data"]["userId"] == user)
+        .map(|v| {
+            v["data"]["worker"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("\"User connected\" log line without worker: {v}"))
+        })
+        .collect()
+}
+
+/// Opens more connections of `user` (reading their `connected`) until they sit on at least two
+/// workers (SO_REUSEPORT spreads them by hash), so that a test really crosses workers. The
+/// server must run with WORKERS >= 2.
+pub fn spread_over_workers(server: &Server, user: &str, token: &str, conns: &mut Vec<Client>) {
+    for _ in 0..30 {
+        std::thread::sleep(Duration::from_millis(50));
+        let workers: std::collections::BTreeSet<u64> =
+            connection_workers(server, user).into_iter().collect();
+        eprintln!("{user} connections on workers {workers:?}");
+        if workers.len() >= 2 {
+            return;
+        }
+        let mut c = server.connect_ok(token).0;
+        c.collect(Duration::from_millis(20));
+        conns.push(c);
+    }
+    panic!("30 more connections of {user} all landed on one worker");
+}
+
+/// An HTTP answer: status, lower-cased header names with their values, body.
+#[derive(Debug)]
+pub struct HttpAnswer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpAnswer {
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON (panics, showing it, if it is not).
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "HTTP {} body is not JSON ({e}): {:?}",
+                self.status, self.body
+            )
+        })
+    }
+}
+
+/// Sends one HTTP/1.1 request to 127.0.0.1:`port` (raw `head_extra` header lines, each ending
+/// in CRLF; `Content-Length` is added for a body) and reads the whole answer (the server
+/// closes after it), bounded by [`READ_TIMEOUT`].
+pub fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    head_extra: &str,
+    body: Option<&[u8]>,
+) -> HttpAnswer {
+    let mut stream = tcp(port);
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{head_extra}");
+    if let Some(b) = body {
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            b.len()
+        ));
+    }
+    req.push_str("\r\n");
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body.unwrap_or_default());
+    stream.write_all(&bytes).expect("send HTTP request");
+    let mut buf = Vec::new();
+    stream
+        .set_read_timeout(Some(READ_TIMEOUT))
+        .expect("set read timeout");
+    let _ = stream.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no complete HTTP head in answer to {method} {path}: {text:?}"));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in answer to {method} {path}: {text:?}"));
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    HttpAnswer {
+        status,
+        headers,
+        body: body.to_string(),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
