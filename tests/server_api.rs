@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -292,20 +293,65 @@ fn unknown_routes_wrong_methods_and_bad_bodies_are_refused_clearly() {
     assert_eq!(a.status, 411, "{a:?}");
     check_answer(&spec, "/api/chats/{chatId}/members", "post", &a);
 
-    // A body that never fully arrives: 408 once BODY_TIMEOUT passes is too slow for a test;
-    // a body cut short by the client closing gets the same answer without the wait.
+    // A body cut short by the client closing: 400 BODY_INCOMPLETE, as JSON.
+    let head = format!(
+        "POST /api/chats/room/members HTTP/1.1\r\nHost: x\r\n{AUTH}Content-Length: 100\r\n\r\n{{\"userId\""
+    );
+    let out = raw_exchange(port, head.as_bytes(), true);
+    assert!(out.starts_with("HTTP/1.1 400 "), "{out:?}");
+    assert!(out.contains("BODY_INCOMPLETE"), "{out:?}");
+
+    // Framing the server cannot trust is refused before any routing: conflicting
+    // Content-Length, Content-Length with Transfer-Encoding, a signed length.
+    for framing in [
+        "Content-Length: 2\r\nContent-Length: 3\r\n",
+        "Content-Length: 2\r\nTransfer-Encoding: chunked\r\n",
+        "Content-Length: +2\r\n",
+    ] {
+        let head = format!("POST /api/events HTTP/1.1\r\nHost: x\r\n{AUTH}{framing}\r\n{{}}");
+        let out = raw_exchange(port, head.as_bytes(), false);
+        assert!(out.starts_with("HTTP/1.1 400 "), "{framing:?}: {out:?}");
+    }
+
+    // HEAD of a GET route: the head of the answer, no body.
+    let out = raw_exchange(
+        port,
+        format!("HEAD /api/chats/room/presence HTTP/1.1\r\nHost: x\r\n{AUTH}\r\n").as_bytes(),
+        false,
+    );
+    assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out:?}");
+    assert!(out.ends_with("\r\n\r\n"), "HEAD must have no body: {out:?}");
+
+    // Expect: 100-continue (curl sends it for larger bodies): the interim answer comes once
+    // the key, route and size are accepted, then the real one.
+    let body = r#"{"userId":"nobody"}"#;
+    let head = format!(
+        "POST /api/chats/room/members HTTP/1.1\r\nHost: x\r\n{AUTH}Expect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    use std::io::{Read, Write};
-    s.write_all(
-        format!("POST /api/chats/room/members HTTP/1.1\r\nHost: x\r\n{AUTH}Content-Length: 100\r\n\r\n{{\"userId\"")
-            .as_bytes(),
-    )
-    .expect("write");
-    s.shutdown(std::net::Shutdown::Write).expect("half-close");
+    s.write_all(head.as_bytes()).expect("write head");
+    s.set_read_timeout(Some(READ_TIMEOUT)).expect("timeout");
+    let mut interim = [0u8; 25];
+    s.read_exact(&mut interim).expect("read 100 Continue");
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(body.as_bytes()).expect("write body");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 200 OK"), "{out:?}");
+}
+
+/// Sends raw bytes (half-closing after them when `half_close`) and reads the whole answer.
+fn raw_exchange(port: u16, bytes: &[u8], half_close: bool) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.write_all(bytes).expect("write");
+    if half_close {
+        s.shutdown(std::net::Shutdown::Write).expect("half-close");
+    }
     s.set_read_timeout(Some(READ_TIMEOUT)).expect("timeout");
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
-    assert!(out.starts_with("HTTP/1.1 408 "), "{out:?}");
+    out
 }
 
 // --- live effects -------------------------------------------------------------------------------
@@ -604,6 +650,11 @@ fn with_api_port_the_api_is_served_there_only() {
     assert_eq!(a.status, 200);
     let a = http_request(api_port, "GET", "/healthz", AUTH, None);
     assert_eq!(a.status, 404, "only the API on API_PORT: {a:?}");
+    let out = raw_exchange(api_port, b"NOT HTTP AT ALL\r\n\r\n", false);
+    assert!(
+        out.starts_with("HTTP/1.1 400 "),
+        "a bad head is answered: {out:?}"
+    );
     // WebSockets still work on WS_PORT.
     let (mut bob, _) = server.connect_ok(&w.bob);
     let body = json!({ "id": "m", "senderId": "bot", "content": "via API_PORT" });

@@ -81,6 +81,49 @@ pub enum Outcome {
     Presence(HashMap<Arc<str>, usize>),
 }
 
+impl Action {
+    /// The outcome of this action where it found nothing to act on.
+    pub fn nothing(&self) -> Outcome {
+        match self {
+            Action::Presence { .. } => Outcome::Presence(HashMap::new()),
+            _ => Outcome::Count(0),
+        }
+    }
+}
+
+/// Presence announcements owed once every worker applied `actions`: a user whose live
+/// connections joined a chat is announced online there (`user:online` otherwise reaches a
+/// chat only when the user's first connection opens, so its members would never learn it, yet
+/// would see the user go offline later). One `(chat, frame)` per join that reached someone.
+pub fn announcements(actions: &[Action], outcomes: &[Outcome]) -> Vec<(Arc<str>, Bytes)> {
+    let left_later = |i: usize, chat: &str, user: &str| {
+        actions[i + 1..].iter().any(
+            |a| matches!(a, Action::Leave { chat: c, user: u, .. } if &**c == chat && &**u == user),
+        )
+    };
+    actions
+        .iter()
+        .zip(outcomes)
+        .enumerate()
+        .filter_map(|(i, (a, o))| match (a, o) {
+            (Action::Join { chat, user, .. }, Outcome::Count(n))
+                if *n > 0 && !left_later(i, chat, user) =>
+            {
+                Some((chat.clone(), online_frame(user)))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn online_frame(user: &str) -> Bytes {
+    Outbound::UserOnline {
+        user_id: user,
+        online: true,
+    }
+    .to_frame()
+}
+
 impl Outcome {
     /// Adds another worker's outcome for the same action.
     pub fn merge(&mut self, other: Outcome) {
@@ -538,6 +581,30 @@ mod tests {
             "userId"
         );
         assert!(parse_body(&route, br#"{"userId":42}"#, NOW).is_ok());
+    }
+
+    #[test]
+    fn joins_that_reached_someone_are_announced_online() {
+        let body = br#"{"events":[
+            {"type":"join","chatId":"c1","userId":"u1"},
+            {"type":"join","chatId":"c2","userId":"u2"}
+        ]}"#;
+        let actions = parse_body(&Route::Events, body, NOW).expect("valid");
+        let owed = announcements(&actions, &[Outcome::Count(2), Outcome::Count(0)]);
+        assert_eq!(owed.len(), 1, "only the join that reached connections");
+        assert_eq!(&*owed[0].0, "c1");
+        assert_eq!(
+            frame_json(&owed[0].1),
+            serde_json::json!({"type":"user:online","payload":{"userId":"u1","online":true}})
+        );
+        assert_eq!(actions[0].nothing(), Outcome::Count(0));
+        // Joined and left again in the same batch: nothing to announce.
+        let body = br#"{"events":[
+            {"type":"join","chatId":"c1","userId":"u1"},
+            {"type":"leave","chatId":"c1","userId":"u1"}
+        ]}"#;
+        let actions = parse_body(&Route::Events, body, NOW).expect("valid");
+        assert!(announcements(&actions, &[Outcome::Count(2), Outcome::Count(2)]).is_empty());
     }
 
     #[test]

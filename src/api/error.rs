@@ -23,6 +23,17 @@ pub enum ApiError {
     /// The body did not arrive in time.
     #[error("body not received within {0} ms")]
     BodyTimeout(u64),
+    /// The client closed before sending the whole body it announced.
+    #[error("body ended after {got} of {announced} bytes")]
+    BodyIncomplete {
+        /// Bytes received.
+        got: usize,
+        /// `Content-Length`.
+        announced: usize,
+    },
+    /// Too many server API connections open at once on `API_PORT`.
+    #[error("too many server API connections; retry shortly")]
+    Busy,
     /// The body is not JSON.
     #[error("body is not valid JSON: {0}")]
     NotJson(String),
@@ -55,6 +66,8 @@ impl ApiError {
             ApiError::LengthRequired => 411,
             ApiError::TooLarge(_) => 413,
             ApiError::BodyTimeout(_) => 408,
+            ApiError::BodyIncomplete { .. } => 400,
+            ApiError::Busy => 503,
             ApiError::NotJson(_) | ApiError::Invalid { .. } => 400,
             ApiError::ShuttingDown => 503,
             ApiError::WorkerTimeout(_) => 504,
@@ -71,6 +84,8 @@ impl ApiError {
             ApiError::LengthRequired => "LENGTH_REQUIRED",
             ApiError::TooLarge(_) => "BODY_TOO_LARGE",
             ApiError::BodyTimeout(_) => "BODY_TIMEOUT",
+            ApiError::BodyIncomplete { .. } => "BODY_INCOMPLETE",
+            ApiError::Busy => "TOO_MANY_CONNECTIONS",
             ApiError::NotJson(_) | ApiError::Invalid { .. } => "VALIDATION_ERROR",
             ApiError::ShuttingDown => "SERVER_SHUTDOWN",
             ApiError::WorkerTimeout(_) => "WORKER_TIMEOUT",

@@ -23,7 +23,7 @@ mod action;
 mod error;
 mod route;
 
-pub use action::{parse_body, Action, Outcome, MAX_BATCH, MAX_ID_LEN};
+pub use action::{announcements, parse_body, Action, Outcome, MAX_BATCH, MAX_ID_LEN};
 pub use error::ApiError;
 pub use route::{is_api_path, route, Route};
 

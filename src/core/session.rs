@@ -58,6 +58,9 @@ pub struct Session {
     last_seen: Instant,
     connection_timeout: Duration,
     rate: RateLimit,
+    /// Server API joins (`true`) and leaves made while a re-fetch is out: the fetched list
+    /// predates them, so they are applied on top of it.
+    since_refetch: Option<Vec<(Arc<str>, bool)>>,
 }
 
 /// The change in chat membership after a re-fetch.
@@ -87,6 +90,7 @@ impl Session {
             refetch_interval,
             last_seen: now,
             connection_timeout,
+            since_refetch: None,
         }
     }
 
@@ -129,12 +133,24 @@ impl Session {
         };
         if allowed {
             self.last_refetch = Some(now);
+            self.since_refetch = Some(Vec::new());
         }
         allowed
     }
 
-    /// Applies a re-fetched chat list; returns which rooms to join and leave.
-    pub fn refetched(&mut self, chats: Vec<Arc<str>>) -> MembershipChange {
+    /// Applies a re-fetched chat list; returns which rooms to join and leave. Server API joins
+    /// and leaves made since the re-fetch started win over the (older) fetched list.
+    pub fn refetched(&mut self, mut chats: Vec<Arc<str>>) -> MembershipChange {
+        for (chat, joined) in self.since_refetch.take().unwrap_or_default() {
+            let at = chats.iter().position(|c| *c == chat);
+            match (joined, at) {
+                (true, None) => chats.push(chat),
+                (false, Some(i)) => {
+                    chats.swap_remove(i);
+                }
+                _ => {}
+            }
+        }
         let joined = chats
             .iter()
             .filter(|c| !self.chats.contains(c))
@@ -156,6 +172,9 @@ impl Session {
             return false;
         }
         self.chats.push(chat.clone());
+        if let Some(log) = &mut self.since_refetch {
+            log.push((chat.clone(), true));
+        }
         true
     }
 
@@ -163,7 +182,11 @@ impl Session {
     /// under (the rooms are keyed by it), or `None` if it was not in it.
     pub fn leave(&mut self, chat: &str) -> Option<Arc<str>> {
         let i = self.chats.iter().position(|c| &**c == chat)?;
-        Some(self.chats.swap_remove(i))
+        let left = self.chats.swap_remove(i);
+        if let Some(log) = &mut self.since_refetch {
+            log.push((left.clone(), false));
+        }
+        Some(left)
     }
 
     /// Decides again after a re-fetch: execute if the chat is now known, else reject.
@@ -275,6 +298,32 @@ mod tests {
         assert_eq!(s.leave("c1").as_deref(), Some("c1"));
         assert_eq!(s.leave("c1"), None);
         assert_eq!(s.chats(), &[c2]);
+    }
+
+    #[test]
+    fn api_changes_during_a_refetch_win_over_the_older_list() {
+        let t0 = Instant::now();
+        let mut s = session(t0); // in c1
+        assert!(s.start_refetch(t0));
+        // While the fetch is out, the backend's API removes c1 and adds c3.
+        assert!(s.leave("c1").is_some());
+        assert!(s.join(&"c3".into()));
+        // The fetch answers with the list from before those changes.
+        let change = s.refetched(vec!["c1".into(), "c2".into()]);
+        let mut chats: Vec<&str> = s.chats().iter().map(|c| &**c).collect();
+        chats.sort();
+        assert_eq!(chats, vec!["c2", "c3"]);
+        assert_eq!(change.joined, vec![Arc::<str>::from("c2")]);
+        assert!(
+            change.left.is_empty(),
+            "c1 was already left, c3 stays: {change:?}"
+        );
+        // Outside a re-fetch nothing is recorded: the next list is taken as it is.
+        assert!(s.join(&"c9".into()));
+        assert!(s.start_refetch(t0 + Duration::from_secs(2)));
+        let change = s.refetched(vec!["c2".into()]);
+        assert_eq!(s.chats(), &[Arc::<str>::from("c2")]);
+        assert_eq!(change.left.len(), 2);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! with `POST /api/events`); chunked request bodies (answered 411).
 
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -26,8 +27,17 @@ use crate::protocol::timestamp;
 
 /// How long a request body may take to arrive, from the end of the head.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the head may take on the `API_PORT` listener.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the head may take on the `API_PORT` listener (a backend sends it at once).
+const HEAD_TIMEOUT: Duration = Duration::from_secs(3);
+/// Most connections open at once on `API_PORT`; more are answered 503 at once. The backend
+/// batches with `/api/events`, so a few dozen are plenty; the cap keeps a flood of idle sockets
+/// from taking the file descriptors WebSocket clients need.
+pub const MAX_API_CONNECTIONS: usize = 256;
+/// After answering, unread request bytes (a refused body still being sent) are read and
+/// dropped for at most this long and this much, so the client gets the answer instead of a
+/// reset.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 256 * 1024;
 /// How long the answer may take to write.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest read step while a body arrives.
@@ -67,9 +77,29 @@ pub async fn serve(
         tracing::info!(route, method = %req.method, path = %req.path, status = reply.status, ms = seconds * 1e3, "API request");
     }
     let response = render(&reply, req.method == "HEAD");
-    let _ = monoio::time::timeout(WRITE_TIMEOUT, async {
-        let _ = stream.write_all(&response).await;
-        let _ = stream.shutdown().await;
+    respond(stream, &response).await;
+}
+
+/// Writes `response`, closes the write side, then reads and drops what the client still sends
+/// (bounded), so a refused upload sees the answer rather than a reset.
+async fn respond(stream: &mut TcpStreamPoll, response: &[u8]) {
+    let written = monoio::time::timeout(WRITE_TIMEOUT, async {
+        stream.write_all(response).await?;
+        stream.shutdown().await
+    })
+    .await;
+    if !matches!(written, Ok(Ok(()))) {
+        return;
+    }
+    let _ = monoio::time::timeout(LINGER, async {
+        let mut sink = [0u8; 4096];
+        let mut dropped = 0;
+        while dropped < LINGER_BYTES {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => dropped += n,
+            }
+        }
     })
     .await;
 }
@@ -110,9 +140,12 @@ async fn answer(
         return Err(fail(ApiError::ShuttingDown));
     }
     let body = if route.has_body() {
-        read_body(stream, req, rest, cfg.api_max_body)
-            .await
-            .map_err(fail)?
+        let len = body_len(req, cfg.api_max_body).map_err(fail)?;
+        if req.expect_continue {
+            // The key, route and size are fine: the client may send the body now.
+            let _ = stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await;
+        }
+        read_body(stream, rest, len).await.map_err(fail)?
     } else {
         BytesMut::new()
     };
@@ -131,22 +164,26 @@ fn bearer(header: &str) -> Option<&str> {
         .then_some(token.trim())
 }
 
-/// Reads the body `req` announces: at most `max` bytes, growing only by what arrives.
-async fn read_body(
-    stream: &mut TcpStreamPoll,
-    req: &Request,
-    mut buf: BytesMut,
-    max: usize,
-) -> Result<BytesMut, ApiError> {
+/// The body length `req` announces, if acceptable: at most `max`, never chunked.
+fn body_len(req: &Request, max: usize) -> Result<usize, ApiError> {
     if req.transfer_encoding {
         return Err(ApiError::LengthRequired);
     }
     // No Content-Length and no Transfer-Encoding: HTTP/1.1 says there is no body.
     let len = req.content_length.unwrap_or(0);
-    let len = usize::try_from(len)
+    usize::try_from(len)
         .ok()
         .filter(|n| *n <= max)
-        .ok_or(ApiError::TooLarge(max))?;
+        .ok_or(ApiError::TooLarge(max))
+}
+
+/// Reads a `len`-byte body (`buf` holds what came behind the head), growing only by what
+/// arrives.
+async fn read_body(
+    stream: &mut TcpStreamPoll,
+    mut buf: BytesMut,
+    len: usize,
+) -> Result<BytesMut, ApiError> {
     let read = async {
         while buf.len() < len {
             buf.reserve((len - buf.len()).min(READ_STEP));
@@ -162,7 +199,11 @@ async fn read_body(
             buf.truncate(len);
             Ok(buf)
         }
-        _ => Err(ApiError::BodyTimeout(BODY_TIMEOUT.as_millis() as u64)),
+        Ok(false) => Err(ApiError::BodyIncomplete {
+            got: buf.len(),
+            announced: len,
+        }),
+        Err(_) => Err(ApiError::BodyTimeout(BODY_TIMEOUT.as_millis() as u64)),
     }
 }
 
@@ -193,6 +234,7 @@ fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         400 => "Bad Request",
+        431 => "Request Header Fields Too Large",
         401 => "Unauthorized",
         404 => "Not Found",
         405 => "Method Not Allowed",
@@ -231,13 +273,42 @@ pub async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {
 }
 
 async fn serve_own_port(worker: Rc<Worker>, stream: TcpStream) {
+    /// Holds one of the [`MAX_API_CONNECTIONS`] slots.
+    struct Slot<'a>(&'a std::sync::atomic::AtomicUsize);
+    impl Drop for Slot<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
     let _ = stream.set_nodelay(true);
     let Ok(mut stream) = stream.try_into_poll_io() else {
         return;
     };
-    let mut buf = BytesMut::with_capacity(1024);
-    let Ok(Some((req, consumed))) = read_head(&mut stream, &mut buf, HEAD_TIMEOUT).await else {
+    // The drain waits for this request like for a WebSocket connection.
+    let _task = worker.track_task();
+    let open = &worker.shared.counts.api;
+    let _slot = Slot(open);
+    if open.fetch_add(1, Ordering::Relaxed) >= MAX_API_CONNECTIONS {
+        tracing::warn!("API connection refused: {MAX_API_CONNECTIONS} already open");
+        worker.shared.metrics.api_request("unknown", 503, 0.0);
+        respond(&mut stream, &render(&Reply::from(ApiError::Busy), false)).await;
         return;
+    }
+    let mut buf = BytesMut::with_capacity(1024);
+    let (req, consumed) = match read_head(&mut stream, &mut buf, HEAD_TIMEOUT).await {
+        Ok(Some(found)) => found,
+        Ok(None) => return, // closed or too slow before a full head
+        Err(e) => {
+            let (status, _) = e.status();
+            let reply = Reply {
+                status,
+                body: serde_json::json!({ "error": { "code": "BAD_REQUEST", "message": e.to_string() } }),
+                allow: None,
+            };
+            worker.shared.metrics.api_request("unknown", status, 0.0);
+            respond(&mut stream, &render(&reply, false)).await;
+            return;
+        }
     };
     let rest = buf.split_off(consumed);
     serve(&worker, &mut stream, &req, rest, Port::Own).await;

@@ -69,6 +69,8 @@ pub struct Request {
     /// Whether a `Transfer-Encoding` header is present (the server API refuses it: bodies must
     /// announce their length).
     pub transfer_encoding: bool,
+    /// `Expect: 100-continue`: the client waits for an interim answer before the body.
+    pub expect_continue: bool,
 }
 
 /// A header value that may carry a secret: usable, never shown by `Debug`.
@@ -120,11 +122,16 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Request, usize)>, HandshakeError> {
             .map(str::trim)
     };
     let host = header("host").map(str::to_string);
-    let content_length = match header("content-length") {
-        Some(v) => Some(v.parse::<u64>().map_err(|_| HandshakeError::Malformed)?),
-        None => None,
-    };
-    let transfer_encoding = header("transfer-encoding").is_some();
+    let content_length = content_length(req.headers)?;
+    let transfer_encoding = req
+        .headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("transfer-encoding"));
+    if transfer_encoding && content_length.is_some() {
+        // RFC 9112 6.1: a request smuggling vector; refuse rather than guess.
+        return Err(HandshakeError::Malformed);
+    }
+    let expect_continue = header("expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
     let authorization = header("authorization").map(|v| Redacted(v.to_string()));
     let origin = header("origin").map(str::to_string);
     let wants_upgrade = header("upgrade").is_some_and(|v| {
@@ -175,9 +182,33 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Request, usize)>, HandshakeError> {
             authorization,
             content_length,
             transfer_encoding,
+            expect_continue,
         },
         n,
     )))
+}
+
+/// The `Content-Length`: digits only, and every copy of the header equal (RFC 9112 6.3);
+/// anything else is malformed.
+fn content_length(headers: &[httparse::Header<'_>]) -> Result<Option<u64>, HandshakeError> {
+    let mut found = None;
+    for h in headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
+    {
+        let v = std::str::from_utf8(h.value)
+            .map(str::trim)
+            .map_err(|_| HandshakeError::Malformed)?;
+        if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(HandshakeError::Malformed);
+        }
+        let n = v.parse::<u64>().map_err(|_| HandshakeError::Malformed)?;
+        if found.is_some_and(|f| f != n) {
+            return Err(HandshakeError::Malformed);
+        }
+        found = Some(n);
+    }
+    Ok(found)
 }
 
 /// Splits an origin-form or absolute-form target into path and query.
@@ -299,6 +330,31 @@ mod tests {
             "GET {target} HTTP/1.1\r\nHost: h:1\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {KEY}\r\n{extra}\r\n"
         );
         parse(req.as_bytes())
+    }
+
+    #[test]
+    fn body_framing_headers_are_strict() {
+        let post = |extra: &str| {
+            let req = format!("POST /api/events HTTP/1.1\r\nHost: h\r\n{extra}\r\n");
+            parse(req.as_bytes()).map(|r| r.map(|(r, _)| (r.content_length, r.transfer_encoding)))
+        };
+        assert_eq!(post("Content-Length: 12\r\n"), Ok(Some((Some(12), false))));
+        assert_eq!(
+            post("Content-Length: 12\r\nContent-Length: 12\r\n"),
+            Ok(Some((Some(12), false)))
+        );
+        for bad in [
+            "Content-Length: +5\r\n",
+            "Content-Length: 1,2\r\n",
+            "Content-Length: 5\r\nContent-Length: 6\r\n",
+            "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+        ] {
+            assert_eq!(post(bad), Err(HandshakeError::Malformed), "{bad:?}");
+        }
+        assert_eq!(
+            post("Transfer-Encoding: chunked\r\n"),
+            Ok(Some((None, true)))
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! through [`Bus::publish`].
 //!
 //! Guarantees: [`Mailbox::post`] never blocks or fails; a post racing the owner going to sleep
-//! still wakes it; a batch comes out in queue (FIFO) order; [`Bus::publish`] for [`Mailboxes`]
+//! still wakes it; once [`Mailbox::close`]d (the owner ended) nothing queued stays queued; a batch comes out in queue (FIFO) order; [`Bus::publish`] for [`Mailboxes`]
 //! posts one shared `Arc` to every worker but the origin.
 //! Not guaranteed / not here: the queue is unbounded (no back-pressure); one receiving task per
 //! mailbox (one `AtomicWaker`); `rooms` and `exclude` are applied by the receiving worker.
@@ -96,15 +96,29 @@ pub struct Mailbox {
     queue: SegQueue<Envelope>,
     waker: AtomicWaker,
     scheduled: AtomicBool,
+    closed: AtomicBool,
 }
 
 impl Mailbox {
     /// Queues an envelope, waking the owner unless a wake-up is already pending.
     pub fn post(&self, e: Envelope) {
         self.queue.push(e);
+        if self.closed.load(Ordering::SeqCst) {
+            // The owner is gone: drop what it will never read (a server API request waiting
+            // on a reply learns at once that nobody is there).
+            while self.queue.pop().is_some() {}
+            return;
+        }
         if !self.scheduled.swap(true, Ordering::SeqCst) {
             self.waker.wake();
         }
+    }
+
+    /// Marks the owner as gone (its runtime ended) and drops everything queued. Posts after
+    /// this are dropped too.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        while self.queue.pop().is_some() {}
     }
 
     /// Waits for envelopes and returns everything queued so far, in order.
@@ -155,5 +169,43 @@ impl Bus for Mailboxes {
                 mb.post(Envelope::Room(event.clone()));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_request(mb: &Mailbox) -> futures_channel::oneshot::Receiver<Vec<crate::api::Outcome>> {
+        let (reply, rx) = futures_channel::oneshot::channel();
+        mb.post(Envelope::Api {
+            actions: Vec::new().into(),
+            reply,
+        });
+        rx
+    }
+
+    #[test]
+    fn a_closed_mailbox_drops_what_it_holds_and_what_comes_later() {
+        let mb = Mailbox::default();
+        let mut queued = api_request(&mb);
+        assert_eq!(
+            queued.try_recv(),
+            Ok(None),
+            "waiting while the owner may still read"
+        );
+        mb.close();
+        assert!(
+            queued.try_recv().is_err(),
+            "the request learns nobody will answer"
+        );
+        let mut late = api_request(&mb);
+        assert!(
+            late.try_recv().is_err(),
+            "a post after close is dropped at once"
+        );
+        let mut out = Vec::new();
+        mb.take_now(&mut out);
+        assert!(out.is_empty());
     }
 }

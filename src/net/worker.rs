@@ -82,6 +82,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// When each worker's loop last ran (for the systemd watchdog).
     pub liveness: Liveness,
+    /// Held while a server API request is posted to every mailbox (see [`Worker::api`]).
+    pub api_order: Mutex<()>,
 }
 
 /// Process-wide connection counts. Touched on connect and disconnect only, never per message.
@@ -91,6 +93,8 @@ pub struct ConnectionCounts {
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// Connections over the caps being read for a health probe (`connection::serve_refused`).
     pub probes: AtomicUsize,
+    /// Open connections on `API_PORT` (`net::api`).
+    pub api: AtomicUsize,
 }
 
 impl ConnectionCounts {
@@ -265,6 +269,15 @@ impl Drop for TaskGuard {
     }
 }
 
+/// A task the drain waits for; see [`Worker::track_task`].
+pub struct TaskCount(Rc<Worker>);
+
+impl Drop for TaskCount {
+    fn drop(&mut self) {
+        self.0.tasks.set(self.0.tasks.get() - 1);
+    }
+}
+
 /// Why a new connection was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
@@ -338,6 +351,13 @@ impl Worker {
             worker: self.clone(),
             ip,
         })
+    }
+
+    /// Counts a task the drain must wait for (a server API request on `API_PORT`) until the
+    /// guard drops. Not subject to the connection caps.
+    pub fn track_task(self: &Rc<Self>) -> TaskCount {
+        self.tasks.set(self.tasks.get() + 1);
+        TaskCount(self.clone())
     }
 
     /// Runs a backend call (`call` indexes [`crate::metrics::CALLS`]), timed, and counted as
@@ -499,18 +519,24 @@ impl Worker {
         queued as usize
     }
 
-    /// Carries out server API actions on every worker, in order: here first, then on the
-    /// others through their mailboxes (so they apply after anything this worker published
-    /// before). Completes once every worker confirmed, with the outcomes merged per action.
+    /// Carries out server API actions on every worker, this one included, and completes once
+    /// every worker confirmed, with the outcomes merged per action. Every worker applies every
+    /// request in the same order: requests are posted to all mailboxes (FIFO) under one
+    /// process-wide lock, so two concurrent requests arriving on different workers cannot
+    /// interleave differently on each.
     pub async fn api(&self, actions: Vec<Action>) -> Result<Vec<Outcome>, ApiError> {
         if self.draining() {
             return Err(ApiError::ShuttingDown);
         }
         let actions: Arc<[Action]> = actions.into();
-        let mut outcomes = self.apply_api(&actions);
         let mut replies = Vec::with_capacity(self.shared.workers());
-        for (i, mb) in self.shared.mailboxes.iter().enumerate() {
-            if i != self.id {
+        {
+            let _order = self
+                .shared
+                .api_order
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            for mb in &self.shared.mailboxes {
                 let (reply, rx) = futures_channel::oneshot::channel();
                 mb.post(Envelope::Api {
                     actions: actions.clone(),
@@ -519,6 +545,7 @@ impl Worker {
                 replies.push(rx);
             }
         }
+        let mut outcomes: Vec<Outcome> = actions.iter().map(Action::nothing).collect();
         for rx in replies {
             match monoio::time::timeout(API_CONFIRM_TIMEOUT, rx).await {
                 Ok(Ok(theirs)) => {
@@ -526,8 +553,8 @@ impl Worker {
                         mine.merge(other);
                     }
                 }
-                // A worker that already ended (its runtime dropped the sender) has no
-                // connections left to act on.
+                // A worker that already ended (its mailbox closed and dropped the request)
+                // has no connections left to act on.
                 Ok(Err(_canceled)) => {}
                 Err(_) => {
                     return Err(ApiError::WorkerTimeout(
@@ -535,6 +562,9 @@ impl Worker {
                     ))
                 }
             }
+        }
+        for (chat, frame) in crate::api::announcements(&actions, &outcomes) {
+            self.publish(vec![chat], frame, None, EventKind::Presence);
         }
         Ok(outcomes)
     }
@@ -889,38 +919,44 @@ fn run(id: usize, shared: Arc<Shared>, listeners: Listeners) -> std::io::Result<
     let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
         .enable_timer()
         .build()?;
-    rt.block_on(async move {
-        let listener = match listeners.ws {
-            Some(l) => TcpListener::from_std(l)?,
-            None => TcpListener::bind_with_config(
-                listeners.ws_addr,
-                &ListenerOpts::new().reuse_port(true).backlog(4096),
-            )?,
-        };
-        let api_listener = match (listeners.api, listeners.api_addr) {
-            (Some(l), _) => Some(TcpListener::from_std(l)?),
-            (None, Some(addr)) => Some(super::api::bind(addr)?),
-            (None, None) => None,
-        };
-        let io_uring = !monoio::utils::is_legacy();
-        tracing::info!(
-            worker = id,
-            io_uring,
-            driver = if io_uring { "io_uring" } else { "epoll" },
-            "Worker listening"
-        );
-        let worker = Rc::new(Worker::new(id, shared.clone()));
-        shared.listening.fetch_add(1, Ordering::SeqCst);
-        monoio::spawn(mailbox_loop(worker.clone()));
-        monoio::spawn(ticker(worker.clone()));
-        if let Some(api) = api_listener {
-            monoio::spawn(super::api::accept_loop(worker.clone(), api));
+    let result = rt.block_on({
+        let shared = shared.clone();
+        async move {
+            let listener = match listeners.ws {
+                Some(l) => TcpListener::from_std(l)?,
+                None => TcpListener::bind_with_config(
+                    listeners.ws_addr,
+                    &ListenerOpts::new().reuse_port(true).backlog(4096),
+                )?,
+            };
+            let api_listener = match (listeners.api, listeners.api_addr) {
+                (Some(l), _) => Some(TcpListener::from_std(l)?),
+                (None, Some(addr)) => Some(super::api::bind(addr)?),
+                (None, None) => None,
+            };
+            let io_uring = !monoio::utils::is_legacy();
+            tracing::info!(
+                worker = id,
+                io_uring,
+                driver = if io_uring { "io_uring" } else { "epoll" },
+                "Worker listening"
+            );
+            let worker = Rc::new(Worker::new(id, shared.clone()));
+            shared.listening.fetch_add(1, Ordering::SeqCst);
+            monoio::spawn(mailbox_loop(worker.clone()));
+            monoio::spawn(ticker(worker.clone()));
+            if let Some(api) = api_listener {
+                monoio::spawn(super::api::accept_loop(worker.clone(), api));
+            }
+            accept_loop(worker.clone(), listener).await;
+            worker.drain().await;
+            tracing::debug!(worker = id, "Worker drained");
+            Ok(())
         }
-        accept_loop(worker.clone(), listener).await;
-        worker.drain().await;
-        tracing::debug!(worker = id, "Worker drained");
-        Ok(())
-    })
+    });
+    // Nobody reads this mailbox any more: let requests waiting on it know now.
+    shared.mailboxes[id].close();
+    result
 }
 
 #[cfg(test)]
