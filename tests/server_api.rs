@@ -129,6 +129,19 @@ fn call(port: u16, method: &str, path: &str, template: &str, body: Option<&Value
     answer
 }
 
+/// `GET /api/chats/room/presence`, checked against the spec; the body.
+fn presence_of_room(port: u16) -> Value {
+    let a = call(
+        port,
+        "GET",
+        "/api/chats/room/presence",
+        "/api/chats/{chatId}/presence",
+        None,
+    );
+    assert_eq!(a.status, 200, "{a:?}");
+    a.json()
+}
+
 fn error_of(answer: &HttpAnswer) -> (String, Option<String>) {
     let e = &answer.json()["error"];
     (
@@ -454,15 +467,8 @@ fn members_added_and_removed_join_and_leave_live_on_every_worker() {
     bob.expect_type("chat:message");
     alice.expect_type("chat:message");
 
-    let a = call(
-        port,
-        "GET",
-        "/api/chats/room/presence",
-        "/api/chats/{chatId}/presence",
-        None,
-    );
     assert_eq!(
-        a.json(),
+        presence_of_room(port),
         json!({ "chatId": "room", "users": [
             { "userId": "alice", "connections": 1 },
             { "userId": "bob", "connections": 1 },
@@ -490,15 +496,8 @@ fn members_added_and_removed_join_and_leave_live_on_every_worker() {
     for c in carols.iter_mut() {
         c.expect_no_type("chat:message", Duration::from_millis(200));
     }
-    let a = call(
-        port,
-        "GET",
-        "/api/chats/room/presence",
-        "/api/chats/{chatId}/presence",
-        None,
-    );
     assert_eq!(
-        a.json(),
+        presence_of_room(port),
         json!({ "chatId": "room", "users": [
             { "userId": "alice", "connections": 1 },
             { "userId": "bob", "connections": 1 },

@@ -253,26 +253,8 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind_with_config(addr, &ListenerOpts::new().reuse_port(true).backlog(1024))
 }
 
-/// Accepts server API connections on `API_PORT` until the drain starts.
-pub async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {
-    loop {
-        let accepted = monoio::select! {
-            r = listener.accept() => r,
-            _ = worker.stop.wait() => break,
-        };
-        match accepted {
-            Ok((stream, _)) => {
-                monoio::spawn(serve_own_port(worker.clone(), stream));
-            }
-            Err(e) => {
-                tracing::warn!(worker = worker.id, error = %e, "API accept failed");
-                monoio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    }
-}
-
-async fn serve_own_port(worker: Rc<Worker>, stream: TcpStream) {
+/// Serves one connection accepted on `API_PORT`.
+pub async fn serve_own_port(worker: Rc<Worker>, stream: TcpStream) {
     /// Holds one of the [`MAX_API_CONNECTIONS`] slots.
     struct Slot<'a>(&'a std::sync::atomic::AtomicUsize);
     impl Drop for Slot<'_> {

@@ -830,7 +830,17 @@ async fn ticker(worker: Rc<Worker>) {
     }
 }
 
-async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {
+/// Accepts connections on `listener` until the drain starts, serving each in a task of its own
+/// with `serve` (`what` names the listener in logs).
+pub async fn accept_loop<F, Fut>(
+    worker: Rc<Worker>,
+    listener: TcpListener,
+    what: &'static str,
+    serve: F,
+) where
+    F: Fn(Rc<Worker>, monoio::net::TcpStream) -> Fut,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
     loop {
         let accepted = monoio::select! {
             r = listener.accept() => r,
@@ -838,11 +848,11 @@ async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {
         };
         match accepted {
             Ok((stream, _peer)) => {
-                monoio::spawn(connection::serve(worker.clone(), stream));
+                monoio::spawn(serve(worker.clone(), stream));
             }
             Err(e) => {
                 // Typically EMFILE: back off instead of spinning on the error.
-                tracing::warn!(worker = worker.id, error = %e, "accept failed");
+                tracing::warn!(worker = worker.id, listener = what, error = %e, "accept failed");
                 monoio::time::sleep(Duration::from_millis(20)).await;
             }
         }
@@ -946,9 +956,14 @@ fn run(id: usize, shared: Arc<Shared>, listeners: Listeners) -> std::io::Result<
             monoio::spawn(mailbox_loop(worker.clone()));
             monoio::spawn(ticker(worker.clone()));
             if let Some(api) = api_listener {
-                monoio::spawn(super::api::accept_loop(worker.clone(), api));
+                monoio::spawn(accept_loop(
+                    worker.clone(),
+                    api,
+                    "API",
+                    super::api::serve_own_port,
+                ));
             }
-            accept_loop(worker.clone(), listener).await;
+            accept_loop(worker.clone(), listener, "WebSocket", connection::serve).await;
             worker.drain().await;
             tracing::debug!(worker = id, "Worker drained");
             Ok(())
