@@ -36,22 +36,24 @@ use prometheus_client::registry::Registry;
 use crate::protocol::ErrorCode;
 
 /// Client message types counted in `messages_in`.
-pub const MESSAGE_TYPES: [&str; 5] = [
+pub const MESSAGE_TYPES: [&str; 6] = [
     "chat:message",
     "chat:read",
     "chat:typing",
     "ping",
+    "chat:history",
     "invalid",
 ];
 /// Event types counted in `deliveries`.
 pub const EVENT_TYPES: [&str; 4] = ["chat:message", "chat:read", "chat:typing", "user:online"];
 /// Backend calls timed in `backend_call_seconds`.
-pub const CALLS: [&str; 5] = [
+pub const CALLS: [&str; 6] = [
     "authenticate",
     "chats",
     "create_message",
     "mark_read",
     "probe",
+    "history",
 ];
 
 /// Indices into [`CALLS`].
@@ -66,6 +68,8 @@ pub mod call {
     pub const MARK_READ: usize = 3;
     /// The readiness probe.
     pub const PROBE: usize = 4;
+    /// A `chat:history` page.
+    pub const HISTORY: usize = 5;
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -335,7 +339,7 @@ pub struct WorkerMetrics {
     /// Open authenticated connections.
     pub connections: Gauge,
     /// Indexed like [`MESSAGE_TYPES`].
-    pub messages_in: [Counter; 5],
+    pub messages_in: [Counter; 6],
     /// Indexed like [`EVENT_TYPES`].
     pub deliveries: [Counter; 4],
     /// Volatile frames dropped.
@@ -343,7 +347,7 @@ pub struct WorkerMetrics {
     /// Slow-consumer closes.
     pub slow_consumers: Counter,
     /// Indexed like [`CALLS`].
-    pub backend: [Histogram; 5],
+    pub backend: [Histogram; 6],
 }
 
 #[cfg(test)]

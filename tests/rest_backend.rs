@@ -35,6 +35,7 @@ struct ApiUser {
 struct Call {
     method: String,
     path: String,
+    query: String,
     auth: Option<String>,
     body: String,
 }
@@ -50,7 +51,7 @@ struct ApiState {
     profile_error: HashMap<String, (u16, Value)>,
     /// token → delay on GET /auth/profile
     profile_delay: HashMap<String, Duration>,
-    /// chat → forced (status, body) on POST messages / PUT read
+    /// chat → forced (status, body) on POST messages / PUT read / GET messages
     chat_error: HashMap<String, (u16, Value)>,
     /// chat → delay on POST messages / PUT read
     chat_delay: HashMap<String, Duration>,
@@ -62,6 +63,8 @@ struct ApiState {
     calls: Vec<Call>,
     /// number of successful POST .../messages
     posts: usize,
+    /// chat → stored messages, oldest first (served by GET /chats/:id/messages)
+    history: HashMap<String, Vec<Value>>,
     next_id: u64,
 }
 
@@ -82,6 +85,7 @@ impl ApiState {
         &mut self,
         method: &Method,
         path: &str,
+        query: &str,
         token: Option<&str>,
         body: &str,
     ) -> (Option<Duration>, u16, Value) {
@@ -144,6 +148,39 @@ impl ApiState {
                 });
                 (delay, 201, json!({ "message": msg }))
             }
+            (Method::GET, ["chats", chat, "messages"]) => {
+                // The optional history route: `limit` newest before `before`, oldest after
+                // `after`, or the latest; oldest first.
+                let Some(u) = user else { return unauthorized };
+                if let Some((status, body)) = self.chat_error.get(*chat) {
+                    return (None, *status, body.clone());
+                }
+                if !self.chats[&u.user_id].iter().any(|c| c == chat) {
+                    return (None, 403, json!({ "error": "Not a member of this chat" }));
+                }
+                let param = |name: &str| {
+                    query.split('&').find_map(|kv| {
+                        kv.strip_prefix(name)
+                            .and_then(|v| v.strip_prefix('='))
+                            .map(str::to_string)
+                    })
+                };
+                let list = self.history.get(*chat).cloned().unwrap_or_default();
+                let limit: usize = param("limit").and_then(|l| l.parse().ok()).unwrap_or(50);
+                let find = |id: &str| list.iter().position(|m| m["id"] == id);
+                let (start, end) = match (param("after"), param("before")) {
+                    (Some(a), _) => match find(&a) {
+                        Some(i) => (i + 1, (i + 1 + limit).min(list.len())),
+                        None => return (None, 400, json!({ "message": "unknown message" })),
+                    },
+                    (None, Some(b)) => match find(&b) {
+                        Some(i) => (i.saturating_sub(limit), i),
+                        None => return (None, 400, json!({ "message": "unknown message" })),
+                    },
+                    (None, None) => (list.len().saturating_sub(limit), list.len()),
+                };
+                (None, 200, json!({ "messages": list[start..end] }))
+            }
             (Method::PUT, ["chats", chat, "messages", _mid, "read"]) => {
                 let Some(u) = user else { return unauthorized };
                 let delay = self.chat_delay.get(*chat).copied();
@@ -169,6 +206,7 @@ async fn handle(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
     let auth = req
         .headers()
         .get("authorization")
@@ -187,10 +225,11 @@ async fn handle(
         st.calls.push(Call {
             method: method.to_string(),
             path: path.clone(),
+            query: query.clone(),
             auth: auth.clone(),
             body: body.clone(),
         });
-        st.route(&method, &path, token.as_deref(), &body)
+        st.route(&method, &path, &query, token.as_deref(), &body)
     };
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
@@ -633,4 +672,103 @@ fn rest_readyz_is_200_when_api_reachable() {
     let (_store, server) = start_gateway(&api.url);
     assert_eq!(server.http_get_status("/healthz"), 200);
     assert_eq!(server.http_get_status("/readyz"), 200);
+}
+
+// ---------------------------------------------------------------------------------------------
+// chat:history over the REST API's optional route
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn history_asks_the_api_for_one_more_than_the_limit_and_pages_both_ways() {
+    let api = api_world();
+    api.with(|s| {
+        let list: Vec<Value> = (0..5)
+            .map(|i| {
+                json!({ "id": format!("h{i}"), "chatId": "room", "senderId": "bob",
+                        "senderName": "Bob", "content": format!("old {i}"),
+                        "createdAt": "2024-05-01T09:00:00.000Z" })
+            })
+            .collect();
+        s.history.insert("room".into(), list);
+    });
+    let store = TestStore::new();
+    let server = ServerBuilder::new(&store.path)
+        .env("HTTP_API_URL", api.url.clone())
+        .spawn();
+    let (mut alice, _) = server.connect_ok(ALICE);
+    let ask = |c: &mut Client, payload: Value| {
+        c.send("chat:history", payload);
+        c.expect_type("chat:history")
+    };
+    let ids = |page: &Value| -> Vec<String> {
+        page["messages"]
+            .as_array()
+            .expect("messages")
+            .iter()
+            .map(|m| m["id"].as_str().expect("id").to_string())
+            .collect()
+    };
+    let latest = ask(
+        &mut alice,
+        json!({ "chatId": "room", "limit": 2, "requestId": "r1" }),
+    );
+    assert_eq!(ids(&latest), vec!["h3", "h4"], "{latest}");
+    assert_eq!(
+        (latest["hasMore"].as_bool(), latest["requestId"].as_str()),
+        (Some(true), Some("r1"))
+    );
+    assert_eq!(latest["messages"][0]["senderName"], "Bob");
+    let asked = api
+        .calls()
+        .into_iter()
+        .rfind(|c| c.method == "GET" && c.path == "/chats/room/messages")
+        .expect("the gateway called GET /chats/room/messages");
+    assert_eq!(asked.query, "limit=3", "one more than the limit");
+    assert_eq!(asked.auth.as_deref(), Some("Bearer tok-alice"));
+
+    let back = ask(
+        &mut alice,
+        json!({ "chatId": "room", "before": "h3", "limit": 2 }),
+    );
+    assert_eq!(
+        (ids(&back), back["hasMore"].as_bool()),
+        (vec!["h1".into(), "h2".into()], Some(true))
+    );
+    let first = ask(
+        &mut alice,
+        json!({ "chatId": "room", "before": "h1", "limit": 2 }),
+    );
+    assert_eq!(
+        (ids(&first), first["hasMore"].as_bool()),
+        (vec!["h0".into()], Some(false))
+    );
+    let fwd = ask(
+        &mut alice,
+        json!({ "chatId": "room", "after": "h1", "limit": 2 }),
+    );
+    assert_eq!(
+        (ids(&fwd), fwd["hasMore"].as_bool()),
+        (vec!["h2".into(), "h3".into()], Some(true))
+    );
+    let end = ask(
+        &mut alice,
+        json!({ "chatId": "room", "after": "h3", "limit": 2 }),
+    );
+    assert_eq!(
+        (ids(&end), end["hasMore"].as_bool()),
+        (vec!["h4".into()], Some(false))
+    );
+    assert!(api
+        .calls()
+        .iter()
+        .any(|c| c.path == "/chats/room/messages" && c.query == "limit=3&after=h3"));
+
+    // The API's errors map as for the other calls: 400 → VALIDATION_ERROR, 403 →
+    // NOT_PARTICIPANT; the connection stays open.
+    alice.send("chat:history", json!({ "chatId": "room", "after": "nope" }));
+    alice.expect_error("VALIDATION_ERROR");
+    alice.send("chat:history", json!({ "chatId": "c403" }));
+    alice.expect_error("NOT_PARTICIPANT");
+    alice.send("ping", json!({}));
+    alice.expect_type("pong");
 }

@@ -5,15 +5,16 @@
 //! Everything is in memory and answered inline on the calling worker, so a benchmark measures
 //! the gateway, not a database. Messages are still stored (the last [`KEEP_PER_CHAT`] per chat,
 //! in the calling worker's own memory), so the gateway does the same work per message as the
-//! peer. Nothing here touches real data.
+//! peer, and `chat:history` pages through them (per worker: a history request sees the
+//! messages stored through its own worker). Nothing here touches real data.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{Backend, BackendError, NewMessage, Profile, Reply};
+use super::{Backend, BackendError, History, NewMessage, Profile, Reply};
 use crate::config::FixtureSize;
-use crate::protocol::{timestamp, ChatMessage};
+use crate::protocol::{timestamp, ChatMessage, HistoryPage};
 
 /// Messages kept per chat (per worker), as the peer's in-memory history bound.
 pub const KEEP_PER_CHAT: usize = 1000;
@@ -121,9 +122,58 @@ impl Backend for Fixture {
         }
     }
 
+    fn history(&self, token: &str, chat_id: &str, page: &HistoryPage) -> Reply<History> {
+        match self.user_index(token) {
+            Some(i) if self.chat_of(i) == chat_id => {}
+            Some(_) => {
+                return Reply::ready(Err(BackendError::NotParticipant(
+                    "Not a participant".into(),
+                )))
+            }
+            None => return Reply::ready(Err(rejected())),
+        }
+        Reply::ready(HISTORY.with(|h| {
+            let h = h.borrow();
+            let list: Vec<&ChatMessage> = h
+                .get(chat_id)
+                .map(|l| l.iter().collect())
+                .unwrap_or_default();
+            page_of(&list, page)
+        }))
+    }
+
     fn probe(&self) -> Reply<()> {
         Reply::ready(Ok(()))
     }
+}
+
+/// A page of `list` (oldest first), as the store pages.
+fn page_of(list: &[&ChatMessage], page: &HistoryPage) -> Result<History, BackendError> {
+    let find = |id: &str| {
+        list.iter()
+            .position(|m| m.id == id)
+            .ok_or_else(|| BackendError::InvalidRequest("Message not found in this chat".into()))
+    };
+    let limit = page.limit as usize;
+    let (range, has_more) = match (&page.after, &page.before) {
+        (Some(after), _) => {
+            let start = find(after)? + 1;
+            let end = (start + limit).min(list.len());
+            (start..end, end < list.len())
+        }
+        (None, before) => {
+            let end = match before {
+                Some(b) => find(b)?,
+                None => list.len(),
+            };
+            let start = end.saturating_sub(limit);
+            (start..end, start > 0)
+        }
+    };
+    Ok(History {
+        messages: list[range].iter().map(|m| (*m).clone()).collect(),
+        has_more,
+    })
 }
 
 #[cfg(test)]
@@ -143,5 +193,58 @@ mod tests {
         assert_eq!(f.user_index("x1"), None);
         assert_eq!(f.user_index("t-1"), None);
         assert_eq!(f.chat_of(7), "c1");
+    }
+
+    #[test]
+    fn history_pages_like_the_store() {
+        let f = Fixture::new(FixtureSize { users: 2, rooms: 1 });
+        let send = |i: usize| {
+            let m = NewMessage {
+                chat_id: "c0".into(),
+                content: format!("{i}"),
+                client_message_id: None,
+                sender_id: "u0".into(),
+                sender_name: "User 0".into(),
+            };
+            futures_lite_block(f.create_message("t0", m))
+                .expect("stored")
+                .id
+        };
+        let ids: Vec<String> = (0..5).map(send).collect();
+        let page = |after: Option<&str>, before: Option<&str>, limit| HistoryPage {
+            after: after.map(Into::into),
+            before: before.map(Into::into),
+            limit,
+        };
+        let got = |p: HistoryPage| {
+            let h = futures_lite_block(f.history("t1", "c0", &p)).expect("page");
+            let c: Vec<String> = h.messages.iter().map(|m| m.content.clone()).collect();
+            (c, h.has_more)
+        };
+        assert_eq!(
+            got(page(None, None, 2)),
+            (vec!["3".into(), "4".into()], true)
+        );
+        assert_eq!(got(page(None, Some(&ids[1]), 2)), (vec!["0".into()], false));
+        assert_eq!(
+            got(page(Some(&ids[1]), None, 2)),
+            (vec!["2".into(), "3".into()], true)
+        );
+        assert_eq!(got(page(Some(&ids[3]), None, 2)), (vec!["4".into()], false));
+        assert!(matches!(
+            futures_lite_block(f.history("t0", "c0", &page(Some("nope"), None, 2))),
+            Err(BackendError::InvalidRequest(_))
+        ));
+    }
+
+    /// The fixture answers inline: its replies are complete when returned.
+    fn futures_lite_block<T>(r: Reply<T>) -> Result<T, BackendError> {
+        use std::future::Future;
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        match std::pin::pin!(r).poll(&mut cx) {
+            std::task::Poll::Ready(v) => v,
+            std::task::Poll::Pending => panic!("the fixture answers inline"),
+        }
     }
 }

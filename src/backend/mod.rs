@@ -24,7 +24,7 @@ use std::task::{Context, Poll};
 use futures_channel::oneshot;
 use serde::Deserialize;
 
-use crate::protocol::{ChatMessage, ErrorCode};
+use crate::protocol::{ChatMessage, ErrorCode, HistoryPage};
 
 /// A user profile, as `GET /auth/profile` returns it.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -82,6 +82,16 @@ pub struct NewMessage {
     pub sender_id: String,
     /// Sender's display name.
     pub sender_name: String,
+}
+
+/// A page of a chat's stored messages.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct History {
+    /// Oldest first, at most the page's `limit`.
+    pub messages: Vec<ChatMessage>,
+    /// Whether more exist beyond the page in the direction asked (after the last for
+    /// `after`; before the first otherwise).
+    pub has_more: bool,
 }
 
 /// Why a backend call failed. Each variant names the broken rule and maps to one wire code.
@@ -201,6 +211,9 @@ pub trait Backend: Send + Sync + 'static {
     fn create_message(&self, token: &str, message: NewMessage) -> Reply<ChatMessage>;
     /// Records a read receipt; the reply carries `readAt` when the backend set one.
     fn mark_read(&self, token: &str, chat_id: &str, message_id: &str) -> Reply<Option<String>>;
+    /// A page of `chat_id`'s messages for the token's user. An `after`/`before` id that is not
+    /// a message of the chat is `InvalidRequest`; a chat the user is not in, `NotParticipant`.
+    fn history(&self, token: &str, chat_id: &str, page: &HistoryPage) -> Reply<History>;
     /// Whether the backend is reachable (for `/readyz`).
     fn probe(&self) -> Reply<()>;
 }

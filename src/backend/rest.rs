@@ -34,10 +34,10 @@ use super::breaker::{Breaker, State};
 use super::pool::{Job, Pool};
 use super::store::hash_token;
 use super::{
-    id_text, opt_id_text, Backend, BackendError, BackendResult, NewMessage, Profile, Reply,
+    id_text, opt_id_text, Backend, BackendError, BackendResult, History, NewMessage, Profile, Reply,
 };
 use crate::metrics::RestHooks;
-use crate::protocol::{timestamp, ChatMessage};
+use crate::protocol::{timestamp, ChatMessage, HistoryPage};
 
 /// Characters left as they are in a path segment: RFC 3986 unreserved minus `.`, so that no
 /// id can become a `.` or `..` segment.
@@ -282,6 +282,25 @@ fn read_json<T: serde::de::DeserializeOwned>(resp: ureq::Response) -> BackendRes
     serde_json::from_str(&body).map_err(|e| BackendError::UpstreamBadResponse(e.to_string()))
 }
 
+/// The API was asked for `limit + 1` messages (oldest first): more than `limit` means there
+/// are more, and the extra one is on the far side (the newest for `after`, the oldest
+/// otherwise).
+fn trim_extra(page: &HistoryPage, messages: &mut Vec<ChatMessage>) -> History {
+    let limit = page.limit as usize;
+    let has_more = messages.len() > limit;
+    if has_more {
+        if page.after.is_some() {
+            messages.truncate(limit);
+        } else {
+            messages.drain(..messages.len() - limit);
+        }
+    }
+    History {
+        messages: std::mem::take(messages),
+        has_more,
+    }
+}
+
 #[derive(Deserialize)]
 struct ProfileBody {
     user: Profile,
@@ -313,11 +332,18 @@ struct StoredMessage {
     content: Option<String>,
     #[serde(default)]
     created_at: Option<String>,
+    #[serde(default)]
+    client_message_id: Option<String>,
 }
 
 #[derive(Deserialize)]
 struct MessageBody {
     message: StoredMessage,
+}
+
+#[derive(Deserialize)]
+struct MessagesBody {
+    messages: Vec<StoredMessage>,
 }
 
 #[derive(Deserialize, Default)]
@@ -422,6 +448,42 @@ impl Backend for RestBackend {
         })
     }
 
+    fn history(&self, token: &str, chat_id: &str, page: &HistoryPage) -> Reply<History> {
+        let (url, auth) = (self.url(&["chats", chat_id, "messages"]), bearer(token));
+        let (chat, page) = (chat_id.to_string(), page.clone());
+        self.run("GET /chats/:id/messages", move |agent| {
+            // One more than asked tells whether there are more.
+            let mut req = agent
+                .get(&url)
+                .set("Authorization", &auth)
+                .query("limit", &(page.limit + 1).to_string());
+            if let Some(after) = &page.after {
+                req = req.query("after", after);
+            }
+            if let Some(before) = &page.before {
+                req = req.query("before", before);
+            }
+            let body: MessagesBody = read_json(req.call().map_err(map_error)?)?;
+            let mut messages: Vec<ChatMessage> = body
+                .messages
+                .into_iter()
+                .map(|s| {
+                    let sender_id = s.sender_id.unwrap_or_default();
+                    ChatMessage {
+                        id: s.id,
+                        chat_id: s.chat_id.unwrap_or_else(|| chat.clone()),
+                        sender_name: s.sender_name.unwrap_or_else(|| sender_id.clone()),
+                        sender_id,
+                        content: s.content.unwrap_or_default(),
+                        created_at: s.created_at.unwrap_or_default(),
+                        client_message_id: s.client_message_id,
+                    }
+                })
+                .collect();
+            Ok(trim_extra(&page, &mut messages))
+        })
+    }
+
     fn probe(&self) -> Reply<()> {
         // Reachability only, and outside the breaker: any HTTP answer means reachable, and a
         // readiness check must neither reset nor close the breaker.
@@ -481,6 +543,32 @@ mod tests {
             k1, k2,
             "a message without clientMessageId gets a fresh UUID"
         );
+    }
+
+    #[test]
+    fn one_extra_message_means_more_and_is_dropped_on_the_far_side() {
+        let msg = |id: &str| ChatMessage {
+            id: id.into(),
+            chat_id: "c".into(),
+            sender_id: "u".into(),
+            sender_name: "U".into(),
+            content: "x".into(),
+            created_at: String::new(),
+            client_message_id: None,
+        };
+        let page = |after: Option<&str>| HistoryPage {
+            after: after.map(Into::into),
+            before: None,
+            limit: 2,
+        };
+        let ids = |h: &History| h.messages.iter().map(|m| m.id.clone()).collect::<Vec<_>>();
+        let mut three = vec![msg("a"), msg("b"), msg("c")];
+        let h = trim_extra(&page(Some("z")), &mut three.clone());
+        assert_eq!((ids(&h), h.has_more), (vec!["a".into(), "b".into()], true));
+        let h = trim_extra(&page(None), &mut three);
+        assert_eq!((ids(&h), h.has_more), (vec!["b".into(), "c".into()], true));
+        let h = trim_extra(&page(None), &mut vec![msg("a"), msg("b")]);
+        assert_eq!((ids(&h), h.has_more), (vec!["a".into(), "b".into()], false));
     }
 
     #[test]

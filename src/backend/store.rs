@@ -18,8 +18,8 @@ use crossbeam_channel::{unbounded, Receiver, Sender};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use sha2::{Digest, Sha256};
 
-use super::{Backend, BackendError, BackendResult, NewMessage, Profile, Reply, Responder};
-use crate::protocol::{timestamp, ChatMessage};
+use super::{Backend, BackendError, BackendResult, History, NewMessage, Profile, Reply, Responder};
+use crate::protocol::{timestamp, ChatMessage, HistoryPage};
 
 /// Most requests handled in one transaction.
 pub const MAX_BATCH: usize = 256;
@@ -88,6 +88,12 @@ enum Request {
         chat_id: String,
         message_id: String,
         reply: Responder<Option<String>>,
+    },
+    History {
+        token: String,
+        chat_id: String,
+        page: HistoryPage,
+        reply: Responder<History>,
     },
     Probe(Responder<()>),
 }
@@ -168,6 +174,7 @@ fn fail(req: Request, e: &BackendError) {
         Request::Chats(_, r) => answer(r, Err(BackendError::Stopped))(e),
         Request::Create(_, _, r) => answer(r, Err(BackendError::Stopped))(e),
         Request::Read { reply, .. } => answer(reply, Err(BackendError::Stopped))(e),
+        Request::History { reply, .. } => answer(reply, Err(BackendError::Stopped))(e),
         Request::Probe(r) => answer(r, Err(BackendError::Stopped))(e),
     }
 }
@@ -183,6 +190,12 @@ fn handle(tx: &Transaction<'_>, req: Request) -> Answer {
             message_id,
             reply,
         } => answer(reply, mark_read(tx, &token, &chat_id, &message_id)),
+        Request::History {
+            token,
+            chat_id,
+            page,
+            reply,
+        } => answer(reply, history(tx, &token, &chat_id, &page)),
         Request::Probe(r) => answer(r, Ok(())),
     }
 }
@@ -294,6 +307,71 @@ fn create(tx: &Transaction<'_>, token: &str, m: NewMessage) -> BackendResult<Cha
     Ok(msg)
 }
 
+/// A page of `chat`'s messages in store order (`seq`), oldest first. The sender's current name
+/// comes from `users` (messages do not copy it).
+fn history(
+    tx: &Transaction<'_>,
+    token: &str,
+    chat: &str,
+    page: &HistoryPage,
+) -> BackendResult<History> {
+    let user = user_of(tx, token)?;
+    if !is_participant(tx, chat, &user)? {
+        return Err(BackendError::NotParticipant(
+            "Not a participant of this chat".into(),
+        ));
+    }
+    let anchor = |id: &str| -> BackendResult<i64> {
+        tx.prepare_cached("SELECT seq FROM messages WHERE id = ?1 AND chat_id = ?2")
+            .and_then(|mut s| s.query_row(params![id, chat], |r| r.get(0)).optional())
+            .map_err(failed)?
+            .ok_or_else(|| BackendError::InvalidRequest("Message not found in this chat".into()))
+    };
+    const COLUMNS: &str = "SELECT m.id, m.sender_id, COALESCE(NULLIF(u.name, ''), m.sender_id),
+        m.content, m.created_at, m.client_message_id
+        FROM messages m LEFT JOIN users u ON u.id = m.sender_id WHERE m.chat_id = ?1";
+    // One more than asked tells whether there are more.
+    let want = i64::from(page.limit) + 1;
+    let (sql, bound, forward) = match (&page.after, &page.before) {
+        (Some(after), _) => (
+            format!("{COLUMNS} AND m.seq > ?2 ORDER BY m.seq ASC LIMIT ?3"),
+            anchor(after)?,
+            true,
+        ),
+        (None, Some(before)) => (
+            format!("{COLUMNS} AND m.seq < ?2 ORDER BY m.seq DESC LIMIT ?3"),
+            anchor(before)?,
+            false,
+        ),
+        (None, None) => (
+            format!("{COLUMNS} AND m.seq < ?2 ORDER BY m.seq DESC LIMIT ?3"),
+            i64::MAX,
+            false,
+        ),
+    };
+    let mut stmt = tx.prepare_cached(&sql).map_err(failed)?;
+    let rows = stmt
+        .query_map(params![chat, bound, want], |r| {
+            Ok(ChatMessage {
+                id: r.get(0)?,
+                chat_id: chat.to_string(),
+                sender_id: r.get(1)?,
+                sender_name: r.get(2)?,
+                content: r.get(3)?,
+                created_at: r.get(4)?,
+                client_message_id: r.get(5)?,
+            })
+        })
+        .map_err(failed)?;
+    let mut messages = rows.collect::<Result<Vec<_>, _>>().map_err(failed)?;
+    let has_more = messages.len() > page.limit as usize;
+    messages.truncate(page.limit as usize);
+    if !forward {
+        messages.reverse();
+    }
+    Ok(History { messages, has_more })
+}
+
 fn mark_read(
     tx: &Transaction<'_>,
     token: &str,
@@ -351,6 +429,15 @@ impl Backend for Store {
             token,
             chat_id,
             message_id,
+            reply,
+        })
+    }
+    fn history(&self, token: &str, chat_id: &str, page: &HistoryPage) -> Reply<History> {
+        let (token, chat_id, page) = (token.to_string(), chat_id.to_string(), page.clone());
+        self.send(|reply| Request::History {
+            token,
+            chat_id,
+            page,
             reply,
         })
     }
@@ -568,6 +655,78 @@ mod tests {
         assert_ne!(send("c2", "hello", Some("k1")).id, first.id);
         assert_eq!(admin.message_count("c1").unwrap(), 4);
         assert_eq!(admin.message_count("c2").unwrap(), 1);
+    }
+
+    #[test]
+    fn history_pages_both_ways_in_store_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let mut admin = Admin::open(&path).unwrap();
+        let ann = admin.add_user("ann", "Ann", "").unwrap();
+        let bob = admin.add_user("bob", "Bob", "").unwrap();
+        admin.add_chat("c1", "One", &["ann".into()]).unwrap();
+        admin
+            .add_chat("c2", "Two", &["ann".into(), "bob".into()])
+            .unwrap();
+        let store = Store::start(&path).unwrap();
+        let ids: Vec<String> = (0..7)
+            .map(|i| {
+                let new = NewMessage {
+                    chat_id: "c1".into(),
+                    content: format!("m{i}"),
+                    client_message_id: None,
+                    sender_id: "ann".into(),
+                    sender_name: "Ann".into(),
+                };
+                block(store.create_message(&ann, new)).unwrap().id
+            })
+            .collect();
+        let page = |after: Option<&str>, before: Option<&str>, limit| HistoryPage {
+            after: after.map(str::to_string),
+            before: before.map(str::to_string),
+            limit,
+        };
+        let contents =
+            |h: &History| -> Vec<String> { h.messages.iter().map(|m| m.content.clone()).collect() };
+        let latest = block(store.history(&ann, "c1", &page(None, None, 3))).unwrap();
+        assert_eq!(
+            (contents(&latest), latest.has_more),
+            (vec!["m4".into(), "m5".into(), "m6".into()], true)
+        );
+        assert_eq!(latest.messages[0].sender_name, "Ann");
+        let back = block(store.history(&ann, "c1", &page(None, Some(&ids[4]), 3))).unwrap();
+        assert_eq!(
+            (contents(&back), back.has_more),
+            (vec!["m1".into(), "m2".into(), "m3".into()], true)
+        );
+        let first = block(store.history(&ann, "c1", &page(None, Some(&ids[1]), 3))).unwrap();
+        assert_eq!(
+            (contents(&first), first.has_more),
+            (vec!["m0".into()], false)
+        );
+        let fwd = block(store.history(&ann, "c1", &page(Some(&ids[2]), None, 3))).unwrap();
+        assert_eq!(
+            (contents(&fwd), fwd.has_more),
+            (vec!["m3".into(), "m4".into(), "m5".into()], true)
+        );
+        let end = block(store.history(&ann, "c1", &page(Some(&ids[4]), None, 3))).unwrap();
+        assert_eq!(
+            (contents(&end), end.has_more),
+            (vec!["m5".into(), "m6".into()], false)
+        );
+        let all = block(store.history(&ann, "c1", &page(None, None, 100))).unwrap();
+        assert_eq!((all.messages.len(), all.has_more), (7, false));
+        // Errors: not a member; an id of no message of this chat.
+        assert!(matches!(
+            block(store.history(&bob, "c1", &page(None, None, 3))),
+            Err(BackendError::NotParticipant(_))
+        ));
+        assert!(matches!(
+            block(store.history(&ann, "c2", &page(Some(&ids[0]), None, 3))),
+            Err(BackendError::InvalidRequest(_))
+        ));
+        let empty = block(store.history(&bob, "c2", &page(None, None, 3))).unwrap();
+        assert_eq!(empty, History::default());
     }
 
     #[test]

@@ -9,10 +9,12 @@
 //! - [`room`]: which local connections are in which chat, with de-duplicated fan-out.
 //! - [`presence`]: per-user connection counts, reporting only first-open and last-close.
 //! - [`typing`]: typing indicators with deadlines.
+//! - [`history`]: cutting a `chat:history` page to a byte budget from the right end.
 //! - [`rate`]: the per-connection message rate limit (token bucket).
 //! - [`session`]: one connection's rules — membership checks, rate-limited re-fetch of the
 //!   user's chats, liveness.
 
+pub mod history;
 pub mod presence;
 pub mod rate;
 pub mod room;

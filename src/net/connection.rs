@@ -427,7 +427,8 @@ impl Handler for Chat<'_> {
             Ok(Command::MarkRead { .. }) => 1,
             Ok(Command::Typing { .. }) => 2,
             Ok(Command::Ping) => 3,
-            Err(_) => 4,
+            Ok(Command::History { .. }) => 4,
+            Err(_) => 5,
         };
         self.worker.metrics.messages_in[kind].inc();
         match parsed {
@@ -603,6 +604,33 @@ async fn handle(
                     }
                     .to_frame();
                     worker.publish(vec![chat_arc(conn, &chat_id)], frame, None, EventKind::Read);
+                }
+                Err(e) => chat_backend_error(worker, conn, slot, token, &chat_id, &e).await,
+            }
+        }
+        Command::History {
+            chat_id,
+            page,
+            request_id,
+        } => {
+            let backend = worker.shared.backend.clone();
+            match worker
+                .backend_call(call::HISTORY, backend.history(token, &chat_id, &page))
+                .await
+            {
+                Ok(mut h) => {
+                    // One frame into the outbox: it must fit well under the cap.
+                    let budget = worker.config().max_outbox_bytes / 2;
+                    crate::core::history::fit(&page, &mut h.messages, &mut h.has_more, budget);
+                    conn.outbox.push(
+                        &Outbound::ChatHistory {
+                            chat_id: &chat_id,
+                            messages: &h.messages,
+                            has_more: h.has_more,
+                            request_id: request_id.as_deref(),
+                        }
+                        .to_frame(),
+                    );
                 }
                 Err(e) => chat_backend_error(worker, conn, slot, token, &chat_id, &e).await,
             }

@@ -1,4 +1,5 @@
-//! Client → server messages: `chat:message`, `chat:read`, `chat:typing`, `ping`.
+//! Client → server messages: `chat:message`, `chat:read`, `chat:typing`, `chat:history`,
+//! `ping`.
 //!
 //! [`parse`] turns one complete client message into a validated [`Command`] in one pass of
 //! simd-json over the frame's own buffer (which it mutates in place; strings are borrowed until
@@ -12,6 +13,13 @@ use serde::Deserialize;
 use simd_json::ErrorType;
 
 use super::ErrorCode;
+
+/// Messages in a `chat:history` page when the client gives no `limit`.
+pub const DEFAULT_HISTORY_LIMIT: u32 = 50;
+/// Most messages a client may ask for in one `chat:history` page.
+pub const MAX_HISTORY_LIMIT: u32 = 100;
+/// Longest accepted `requestId` of `chat:history`, in bytes.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
 
 /// Longest accepted `clientMessageId`, in bytes.
 pub const MAX_CLIENT_MESSAGE_ID_LEN: usize = 128;
@@ -49,8 +57,29 @@ pub enum Command {
         /// Whether the user is typing.
         is_typing: bool,
     },
+    /// `chat:history`: a page of a chat's stored messages, answered to this connection only.
+    History {
+        /// The chat.
+        chat_id: String,
+        /// Which page.
+        page: HistoryPage,
+        /// Echoed in the answer when given.
+        request_id: Option<String>,
+    },
     /// `ping`: answered with `pong`.
     Ping,
+}
+
+/// Which messages a `chat:history` asks for: at most `limit`, oldest first, either right after
+/// one message, right before one, or the latest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryPage {
+    /// Messages after this id (exclusive).
+    pub after: Option<String>,
+    /// Messages before this id (exclusive). Never set together with `after`.
+    pub before: Option<String>,
+    /// 1..=[`MAX_HISTORY_LIMIT`].
+    pub limit: u32,
 }
 
 impl Command {
@@ -59,7 +88,8 @@ impl Command {
         match self {
             Command::SendMessage { chat_id, .. }
             | Command::MarkRead { chat_id, .. }
-            | Command::Typing { chat_id, .. } => Some(chat_id),
+            | Command::Typing { chat_id, .. }
+            | Command::History { chat_id, .. } => Some(chat_id),
             Command::Ping => None,
         }
     }
@@ -70,6 +100,7 @@ impl Command {
             Command::SendMessage { .. } => "chat:message",
             Command::MarkRead { .. } => "chat:read",
             Command::Typing { .. } => "chat:typing",
+            Command::History { .. } => "chat:history",
             Command::Ping => "ping",
         }
     }
@@ -132,6 +163,14 @@ struct Fields<'a> {
     message_id: Option<Cow<'a, str>>,
     #[serde(rename = "isTyping", default)]
     is_typing: Option<bool>,
+    #[serde(borrow, default)]
+    after: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    before: Option<Cow<'a, str>>,
+    #[serde(default)]
+    limit: Option<i64>,
+    #[serde(rename = "requestId", borrow, default)]
+    request_id: Option<Cow<'a, str>>,
 }
 
 /// The envelope's `type`: a string, or anything else (rejected as `INVALID_MESSAGE`, not as a
@@ -312,6 +351,45 @@ fn validate(env: Envelope<'_>) -> Result<Command, InboundError> {
             let is_typing = p.is_typing.ok_or(InboundError::InvalidPayload(RULE))?;
             Ok(Command::Typing { chat_id, is_typing })
         }
+        "chat:history" => {
+            let chat_id = non_empty(p.chat_id, "chatId is required")?;
+            let id = |v: Option<Cow<'_, str>>| match v {
+                Some(s) if s.is_empty() => Err(InboundError::InvalidPayload(
+                    "after and before must be message ids",
+                )),
+                other => Ok(other.map(Cow::into_owned)),
+            };
+            let (after, before) = (id(p.after)?, id(p.before)?);
+            if after.is_some() && before.is_some() {
+                return Err(InboundError::InvalidPayload(
+                    "give at most one of after and before",
+                ));
+            }
+            let limit = match p.limit {
+                None => DEFAULT_HISTORY_LIMIT,
+                Some(n) if (1..=i64::from(MAX_HISTORY_LIMIT)).contains(&n) => n as u32,
+                Some(_) => {
+                    return Err(InboundError::InvalidPayload(
+                        "limit must be an integer from 1 to 100",
+                    ))
+                }
+            };
+            let request_id = match p.request_id {
+                Some(r) if r.len() > MAX_REQUEST_ID_LEN => {
+                    return Err(InboundError::InvalidPayload("requestId is too long"))
+                }
+                other => other.map(Cow::into_owned),
+            };
+            Ok(Command::History {
+                chat_id,
+                page: HistoryPage {
+                    after,
+                    before,
+                    limit,
+                },
+                request_id,
+            })
+        }
         "ping" => Ok(Command::Ping),
         other => {
             let mut end = other.len().min(MAX_ECHOED_TYPE_LEN);
@@ -359,6 +437,49 @@ mod tests {
         );
         assert_eq!(p(r#"{"type":"ping","payload":{}}"#), Ok(Command::Ping));
         assert_eq!(p(r#"{"type":"ping"}"#), Ok(Command::Ping));
+    }
+
+    #[test]
+    fn history_requests_are_validated() {
+        assert_eq!(
+            p(r#"{"type":"chat:history","payload":{"chatId":"c1"}}"#),
+            Ok(Command::History {
+                chat_id: "c1".into(),
+                page: HistoryPage {
+                    after: None,
+                    before: None,
+                    limit: DEFAULT_HISTORY_LIMIT
+                },
+                request_id: None
+            })
+        );
+        assert_eq!(
+            p(
+                r#"{"type":"chat:history","payload":{"chatId":"c1","after":"m9","limit":100,"requestId":"r1"}}"#
+            ),
+            Ok(Command::History {
+                chat_id: "c1".into(),
+                page: HistoryPage {
+                    after: Some("m9".into()),
+                    before: None,
+                    limit: 100
+                },
+                request_id: Some("r1".into())
+            })
+        );
+        for bad in [
+            r#"{"chatId":"c1","limit":0}"#,
+            r#"{"chatId":"c1","limit":101}"#,
+            r#"{"chatId":"c1","limit":"5"}"#,
+            r#"{"chatId":"c1","limit":2.5}"#,
+            r#"{"chatId":"c1","after":5}"#,
+            r#"{"chatId":"c1","after":"a","before":"b"}"#,
+            r#"{"chatId":"c1","before":""}"#,
+            r#"{"after":"a"}"#,
+        ] {
+            let e = p(&format!(r#"{{"type":"chat:history","payload":{bad}}}"#)).unwrap_err();
+            assert_eq!(e.code(), ErrorCode::ValidationError, "{bad}: {e:?}");
+        }
     }
 
     #[test]

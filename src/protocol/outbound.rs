@@ -120,6 +120,20 @@ pub enum Outbound<'a> {
         /// The chat left.
         chat_id: &'a str,
     },
+    /// A page of a chat's stored messages, oldest first: the answer to `chat:history`.
+    #[serde(rename = "chat:history", rename_all = "camelCase")]
+    ChatHistory {
+        /// The chat.
+        chat_id: &'a str,
+        /// The messages, oldest first, shaped as in `chat:message`.
+        messages: &'a [ChatMessage],
+        /// Whether more messages exist beyond the page in the direction asked (after the last
+        /// for `after`; before the first otherwise).
+        has_more: bool,
+        /// The request's `requestId`, when it had one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        request_id: Option<&'a str>,
+    },
     /// Answer to `ping`.
     #[serde(rename = "pong")]
     Pong {
