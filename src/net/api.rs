@@ -92,7 +92,7 @@ async fn respond(stream: &mut TcpStreamPoll, response: &[u8]) {
         return;
     }
     let _ = monoio::time::timeout(LINGER, async {
-        let mut sink = [0u8; 4096];
+        let mut sink = vec![0u8; 4096];
         let mut dropped = 0;
         while dropped < LINGER_BYTES {
             match stream.read(&mut sink).await {

@@ -39,7 +39,7 @@ use crate::core::session::{Decision, Session, User};
 use crate::metrics::call;
 use crate::protocol::frame::Message;
 use crate::protocol::outbound::{error_frame, ErrorDetails, Outbound};
-use crate::protocol::{inbound, timestamp, CloseCode, Command, ErrorCode};
+use crate::protocol::{inbound, timestamp, CloseCode, Command, ErrorCode, HistoryRequest};
 
 /// Most connections over the caps that may still be read for a health probe, process-wide.
 const MAX_PROBES: usize = 16;
@@ -135,6 +135,15 @@ async fn serve_refused(worker: &Rc<Worker>, stream: &mut TcpStreamPoll, refused:
     let _ = monoio::time::timeout(PROBE_WRITE_TIMEOUT, stream.write_all(&response)).await;
 }
 
+/// A request that is not an upgrade: the server API, or the plain HTTP endpoints.
+async fn serve_plain(worker: &Rc<Worker>, stream: &mut TcpStreamPoll, req: &Request, rest: BytesMut) {
+    if crate::api::is_api_path(&req.path) {
+        super::api::serve(worker, stream, req, rest, super::api::Port::Shared).await
+    } else {
+        answer_http(worker, stream, req).await
+    }
+}
+
 /// Serves one accepted socket: handshake and authentication here, then the steady state in a
 /// task of its own (so the large handshake state is freed once the connection is idle).
 pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
@@ -162,12 +171,10 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
             Err(e) => return answer_bad_head(&mut stream, e).await,
         };
     let Some(upgrade) = req.upgrade.clone() else {
-        if crate::api::is_api_path(&req.path) {
-            let rest = buf.split_off(consumed);
-            return super::api::serve(&worker, &mut stream, &req, rest, super::api::Port::Shared)
-                .await;
-        }
-        return answer_http(&worker, &mut stream, &req).await;
+        // Boxed: plain requests are rare, and their state must not grow every handshake's
+        // task (many are alive at once during a connect storm).
+        let rest = buf.split_off(consumed);
+        return Box::pin(serve_plain(&worker, &mut stream, &req, rest)).await;
     };
     if !handshake::origin_allowed(
         req.origin.as_deref(),
@@ -188,6 +195,9 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
             .await;
         return;
     }
+    // Only the path is needed from here on (logs); the rest of the head is dropped now rather
+    // than kept in this task across authentication.
+    let path = std::convert::identity(req).path;
     if stream
         .write_all(&handshake::switching_protocols(&upgrade))
         .await
@@ -210,7 +220,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
             &worker,
             &outbox,
             BackendError::TokenRejected("Missing token".into()),
-            &req,
+            &path,
         );
         linger(&mut input, &outbox).await;
         return;
@@ -229,12 +239,12 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
     let (profile, chats) = match monoio::time::timeout(left, auth).await {
         Ok(Ok(found)) => found,
         Ok(Err(e)) => {
-            reject(&worker, &outbox, e, &req);
+            reject(&worker, &outbox, e, &path);
             linger(&mut input, &outbox).await;
             return;
         }
         Err(_) => {
-            reject(&worker, &outbox, BackendError::UpstreamTimeout, &req);
+            reject(&worker, &outbox, BackendError::UpstreamTimeout, &path);
             linger(&mut input, &outbox).await;
             return;
         }
@@ -289,7 +299,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
         chat_count = chats.len(),
         chat_ids = ?chats,
         worker = worker.id,
-        path = %req.path,
+        path = %path,
         auth_ms = started.elapsed().as_secs_f64() * 1e3,
         "User connected"
     );
@@ -354,13 +364,13 @@ async fn steady(
 }
 
 /// Answers a failed authentication: the error, then the close code for it.
-fn reject(worker: &Worker, outbox: &Outbox, e: BackendError, req: &Request) {
+fn reject(worker: &Worker, outbox: &Outbox, e: BackendError, path: &str) {
     let (code, close) = match e.code() {
         ErrorCode::HttpError => (ErrorCode::HttpError, CloseCode::TryAgainLater),
         ErrorCode::InternalError => (ErrorCode::InternalError, CloseCode::InternalError),
         _ => (ErrorCode::AuthFailed, CloseCode::AuthFailed),
     };
-    tracing::warn!(path = %req.path, reason = %e, code = code.as_str(), "Authentication failed");
+    tracing::warn!(path = %path, reason = %e, code = code.as_str(), "Authentication failed");
     worker.shared.metrics.error(code);
     let details = ErrorDetails { status: e.status() };
     let message = e.client_message();
@@ -427,7 +437,7 @@ impl Handler for Chat<'_> {
             Ok(Command::MarkRead { .. }) => 1,
             Ok(Command::Typing { .. }) => 2,
             Ok(Command::Ping) => 3,
-            Ok(Command::History { .. }) => 4,
+            Ok(Command::History(_)) => 4,
             Err(_) => 5,
         };
         self.worker.metrics.messages_in[kind].inc();
@@ -608,33 +618,8 @@ async fn handle(
                 Err(e) => chat_backend_error(worker, conn, slot, token, &chat_id, &e).await,
             }
         }
-        Command::History {
-            chat_id,
-            page,
-            request_id,
-        } => {
-            let backend = worker.shared.backend.clone();
-            match worker
-                .backend_call(call::HISTORY, backend.history(token, &chat_id, &page))
-                .await
-            {
-                Ok(mut h) => {
-                    // One frame into the outbox: it must fit well under the cap.
-                    let budget = worker.config().max_outbox_bytes / 2;
-                    crate::core::history::fit(&page, &mut h.messages, &mut h.has_more, budget);
-                    conn.outbox.push(
-                        &Outbound::ChatHistory {
-                            chat_id: &chat_id,
-                            messages: &h.messages,
-                            has_more: h.has_more,
-                            request_id: request_id.as_deref(),
-                        }
-                        .to_frame(),
-                    );
-                }
-                Err(e) => chat_backend_error(worker, conn, slot, token, &chat_id, &e).await,
-            }
-        }
+        // Boxed, like every rarely used state, to keep the idle task small.
+        Command::History(req) => Box::pin(history(worker, conn, slot, token, *req)).await,
         Command::Typing { chat_id, is_typing } => {
             let room = chat_arc(conn, &chat_id);
             worker.set_typing(slot, &room, is_typing, now);
@@ -653,6 +638,36 @@ async fn handle(
                 EventKind::Typing,
             );
         }
+    }
+}
+
+/// Answers `chat:history` with a page, to this connection only.
+async fn history(worker: &Worker, conn: &Conn, slot: usize, token: &str, req: HistoryRequest) {
+    let backend = worker.shared.backend.clone();
+    let HistoryRequest {
+        chat_id,
+        page,
+        request_id,
+    } = req;
+    match worker
+        .backend_call(call::HISTORY, backend.history(token, &chat_id, &page))
+        .await
+    {
+        Ok(mut h) => {
+            // One frame into the outbox: it must fit well under the cap.
+            let budget = worker.config().max_outbox_bytes / 2;
+            crate::core::history::fit(&page, &mut h.messages, &mut h.has_more, budget);
+            conn.outbox.push(
+                &Outbound::ChatHistory {
+                    chat_id: &chat_id,
+                    messages: &h.messages,
+                    has_more: h.has_more,
+                    request_id: request_id.as_deref(),
+                }
+                .to_frame(),
+            );
+        }
+        Err(e) => Box::pin(chat_backend_error(worker, conn, slot, token, &chat_id, &e)).await,
     }
 }
 

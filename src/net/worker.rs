@@ -208,6 +208,9 @@ impl Drop for Wait<'_> {
     }
 }
 
+/// Local connections by user, for the users a server API request acts on.
+type UserConns = HashMap<Arc<str>, Vec<(usize, Rc<Conn>)>>;
+
 /// One authenticated connection, shared by its task and the worker's table.
 pub struct Conn {
     /// Outgoing bytes.
@@ -224,8 +227,6 @@ pub struct Worker {
     pub shared: Arc<Shared>,
     conns: RefCell<Slab<Rc<Conn>>>,
     rooms: RefCell<Rooms<usize>>,
-    /// Local connections by user id (the server API acts on a user's connections).
-    users: RefCell<Rooms<usize>>,
     typing: RefCell<Typing<(usize, Arc<str>)>>,
     presence: RefCell<Presence>,
     scratch: RefCell<Vec<usize>>,
@@ -298,7 +299,6 @@ impl Worker {
             shared,
             conns: RefCell::new(Slab::new()),
             rooms: RefCell::default(),
-            users: RefCell::default(),
             typing: RefCell::new(typing),
             presence: RefCell::default(),
             scratch: RefCell::default(),
@@ -394,7 +394,6 @@ impl Worker {
         };
         let slot = self.conns.borrow_mut().insert(conn);
         self.metrics.connections.inc();
-        self.users.borrow_mut().join(&user, slot);
         {
             let mut rooms = self.rooms.borrow_mut();
             for chat in &chats {
@@ -419,7 +418,6 @@ impl Worker {
         };
         self.metrics.connections.dec();
         let session = conn.session.borrow();
-        self.users.borrow_mut().leave(&session.user().id, slot);
         {
             let mut rooms = self.rooms.borrow_mut();
             for chat in session.chats() {
@@ -570,11 +568,18 @@ impl Worker {
     }
 
     /// Applies server API actions to this worker's connections.
+    ///
+    /// The connections of the users a batch names are found with one pass over the connection
+    /// table per batch, not through an index by user: an index cost ~200 bytes per idle
+    /// connection (measured, 15,000 connections: 2,158-2,186 B against 1,957-1,964 B), while
+    /// a pass costs well under a millisecond per 100,000 connections, once per API request.
     fn apply_api(&self, actions: &[Action]) -> Vec<Outcome> {
-        actions.iter().map(|a| self.apply_action(a)).collect()
+        let users = self.connections_of(actions);
+        actions.iter().map(|a| self.apply_action(a, &users)).collect()
     }
 
-    fn apply_action(&self, action: &Action) -> Outcome {
+    fn apply_action(&self, action: &Action, users: &UserConns) -> Outcome {
+        let of = |user: &Arc<str>| users.get(user).map(Vec::as_slice).unwrap_or_default();
         match action {
             Action::Publish { chat, frame, .. } => Outcome::Count(self.deliver(&RoomEvent {
                 rooms: vec![chat.clone()],
@@ -584,11 +589,11 @@ impl Worker {
             })),
             Action::Join { chat, user, frame } => {
                 let mut joined = 0;
-                for (slot, conn) in self.connections_of(user) {
+                for (slot, conn) in of(user) {
                     if conn.session.borrow_mut().join(chat) {
                         // `chat:new` first: every event of the chat comes after it.
                         conn.outbox.push(frame);
-                        self.rejoin(slot, std::slice::from_ref(chat), &[]);
+                        self.rejoin(*slot, std::slice::from_ref(chat), &[]);
                         joined += 1;
                     }
                 }
@@ -596,10 +601,10 @@ impl Worker {
             }
             Action::Leave { chat, user, frame } => {
                 let mut left = 0;
-                for (slot, conn) in self.connections_of(user) {
+                for (slot, conn) in of(user) {
                     let stored = conn.session.borrow_mut().leave(chat);
                     if let Some(stored) = stored {
-                        self.rejoin(slot, &[], &[stored]);
+                        self.rejoin(*slot, &[], &[stored]);
                         // After leaving the room: nothing of the chat follows `chat:removed`.
                         conn.outbox.push(frame);
                         left += 1;
@@ -608,8 +613,8 @@ impl Worker {
                 Outcome::Count(left)
             }
             Action::Disconnect { user, code, frame } => {
-                let conns = self.connections_of(user);
-                for (_, conn) in &conns {
+                let conns = of(user);
+                for (_, conn) in conns {
                     if !conn.outbox.is_closing() {
                         self.shared.metrics.closed_with(*code);
                     }
@@ -632,15 +637,27 @@ impl Worker {
         }
     }
 
-    /// The local connections of `user`.
-    fn connections_of(&self, user: &str) -> Vec<(usize, Rc<Conn>)> {
-        let conns = self.conns.borrow();
-        self.users
-            .borrow()
-            .members(user)
+    /// The local connections of every user `actions` act on, found in one pass.
+    fn connections_of(&self, actions: &[Action]) -> UserConns {
+        let mut found: UserConns = actions
             .iter()
-            .filter_map(|slot| Some((*slot, conns.get(*slot)?.clone())))
-            .collect()
+            .filter_map(|a| match a {
+                Action::Join { user, .. }
+                | Action::Leave { user, .. }
+                | Action::Disconnect { user, .. } => Some((user.clone(), Vec::new())),
+                Action::Publish { .. } | Action::Presence { .. } => None,
+            })
+            .collect();
+        if found.is_empty() {
+            return found;
+        }
+        for (slot, conn) in self.conns.borrow().iter() {
+            let user = conn.session.borrow().user().id.clone();
+            if let Some(list) = found.get_mut(&user) {
+                list.push((slot, conn.clone()));
+            }
+        }
+        found
     }
 
     fn presence_change(&self, user: Arc<str>, chats: Vec<Arc<str>>, opened: bool) {

@@ -58,16 +58,21 @@ pub enum Command {
         is_typing: bool,
     },
     /// `chat:history`: a page of a chat's stored messages, answered to this connection only.
-    History {
-        /// The chat.
-        chat_id: String,
-        /// Which page.
-        page: HistoryPage,
-        /// Echoed in the answer when given.
-        request_id: Option<String>,
-    },
+    /// Boxed: a rare command, and a `Command` is held in every connection's read-loop state.
+    History(Box<HistoryRequest>),
     /// `ping`: answered with `pong`.
     Ping,
+}
+
+/// A `chat:history` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryRequest {
+    /// The chat.
+    pub chat_id: String,
+    /// Which page.
+    pub page: HistoryPage,
+    /// Echoed in the answer when given.
+    pub request_id: Option<String>,
 }
 
 /// Which messages a `chat:history` asks for: at most `limit`, oldest first, either right after
@@ -88,8 +93,8 @@ impl Command {
         match self {
             Command::SendMessage { chat_id, .. }
             | Command::MarkRead { chat_id, .. }
-            | Command::Typing { chat_id, .. }
-            | Command::History { chat_id, .. } => Some(chat_id),
+            | Command::Typing { chat_id, .. } => Some(chat_id),
+            Command::History(h) => Some(&h.chat_id),
             Command::Ping => None,
         }
     }
@@ -100,7 +105,7 @@ impl Command {
             Command::SendMessage { .. } => "chat:message",
             Command::MarkRead { .. } => "chat:read",
             Command::Typing { .. } => "chat:typing",
-            Command::History { .. } => "chat:history",
+            Command::History(_) => "chat:history",
             Command::Ping => "ping",
         }
     }
@@ -380,7 +385,7 @@ fn validate(env: Envelope<'_>) -> Result<Command, InboundError> {
                 }
                 other => other.map(Cow::into_owned),
             };
-            Ok(Command::History {
+            Ok(Command::History(Box::new(HistoryRequest {
                 chat_id,
                 page: HistoryPage {
                     after,
@@ -388,7 +393,7 @@ fn validate(env: Envelope<'_>) -> Result<Command, InboundError> {
                     limit,
                 },
                 request_id,
-            })
+            })))
         }
         "ping" => Ok(Command::Ping),
         other => {
@@ -443,7 +448,7 @@ mod tests {
     fn history_requests_are_validated() {
         assert_eq!(
             p(r#"{"type":"chat:history","payload":{"chatId":"c1"}}"#),
-            Ok(Command::History {
+            Ok(Command::History(Box::new(HistoryRequest {
                 chat_id: "c1".into(),
                 page: HistoryPage {
                     after: None,
@@ -451,13 +456,13 @@ mod tests {
                     limit: DEFAULT_HISTORY_LIMIT
                 },
                 request_id: None
-            })
+            })))
         );
         assert_eq!(
             p(
                 r#"{"type":"chat:history","payload":{"chatId":"c1","after":"m9","limit":100,"requestId":"r1"}}"#
             ),
-            Ok(Command::History {
+            Ok(Command::History(Box::new(HistoryRequest {
                 chat_id: "c1".into(),
                 page: HistoryPage {
                     after: Some("m9".into()),
@@ -465,7 +470,7 @@ mod tests {
                     limit: 100
                 },
                 request_id: Some("r1".into())
-            })
+            })))
         );
         for bad in [
             r#"{"chatId":"c1","limit":0}"#,

@@ -14,5 +14,5 @@ pub mod outbound;
 pub mod timestamp;
 
 pub use catalogue::{CloseCode, ErrorCode};
-pub use inbound::{Command, HistoryPage, InboundError};
+pub use inbound::{Command, HistoryPage, HistoryRequest, InboundError};
 pub use outbound::{ChatMessage, Outbound};
