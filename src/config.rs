@@ -20,6 +20,11 @@ use std::time::Duration;
 
 use clap::Args;
 
+/// Default `STALL_TIMEOUT`, in milliseconds.
+pub const DEFAULT_STALL_TIMEOUT_MS: u64 = 15_000;
+/// Shortest `STALL_TIMEOUT`, in milliseconds (it is checked in four looks).
+pub const MIN_STALL_TIMEOUT_MS: u64 = 100;
+
 /// Shortest `API_KEY` accepted, in bytes: a key anyone can guess protects nothing.
 pub const MIN_API_KEY_LEN: usize = 16;
 /// Default largest server API request body, in bytes (`API_MAX_BODY`).
@@ -195,6 +200,14 @@ pub struct Config {
     /// Most fragments accepted in one client message. Env `MAX_FRAGMENTS`. Default 64.
     #[arg(long, env = "MAX_FRAGMENTS", default_value_t = DEFAULT_MAX_FRAGMENTS)]
     pub max_fragments: usize,
+
+    /// Milliseconds a connection with bytes waiting may go without its socket accepting any,
+    /// before it is closed as stuck (4009) and its queue freed; any accepted byte also counts
+    /// as the client being alive (a client draining a backlog cannot answer a ping queued
+    /// behind it). Checked in four looks per period, so a stuck client goes within 1.25x this.
+    /// At least 100. Env `STALL_TIMEOUT`. Default 15000.
+    #[arg(long = "stall-timeout-ms", env = "STALL_TIMEOUT", default_value_t = DEFAULT_STALL_TIMEOUT_MS)]
+    pub stall_timeout_ms: u64,
 
     /// Bytes queued for one connection before it is closed as a slow consumer (4009); volatile
     /// events are dropped from half of it. Env `MAX_OUTBOX_BYTES`. Default 1048576.
@@ -391,10 +404,14 @@ impl Config {
             ("CHATS_REFETCH_INTERVAL", self.chats_refetch_interval_ms),
             ("BREAKER_COOLDOWN", self.breaker_cooldown_ms),
             ("AUTH_CACHE_TTL", self.auth_cache_ttl_ms),
+            ("STALL_TIMEOUT", self.stall_timeout_ms),
         ] {
             if ms > MAX_DURATION_MS {
                 return Err(bad(var, "must be at most 86400000 ms (one day)"));
             }
+        }
+        if self.stall_timeout_ms < MIN_STALL_TIMEOUT_MS {
+            return Err(bad("STALL_TIMEOUT", "must be at least 100 ms"));
         }
         if self.rate_limit > 0 && self.rate_burst == 0 {
             return Err(bad(
@@ -581,6 +598,10 @@ impl Config {
     pub fn drain_window(&self) -> Duration {
         Duration::from_millis(self.drain_window_ms)
     }
+    /// `STALL_TIMEOUT` as a duration.
+    pub fn stall_timeout(&self) -> Duration {
+        Duration::from_millis(self.stall_timeout_ms)
+    }
     /// `CHATS_REFETCH_INTERVAL` as a duration.
     pub fn chats_refetch_interval(&self) -> Duration {
         Duration::from_millis(self.chats_refetch_interval_ms)
@@ -638,6 +659,8 @@ mod tests {
         assert_eq!(c.validate().unwrap_err().var, "MAX_OUTBOX_BYTES");
         let c = parse(&["--typing-timeout-ms", "99999999999"]);
         assert_eq!(c.validate().unwrap_err().var, "TYPING_TIMEOUT");
+        let c = parse(&["--stall-timeout-ms", "50"]);
+        assert_eq!(c.validate().unwrap_err().var, "STALL_TIMEOUT");
     }
 
     #[test]

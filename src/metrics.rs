@@ -16,7 +16,8 @@
 //! | `socket_server_messages_in_total` | worker, type | client messages by type (`invalid` if unparseable) |
 //! | `socket_server_deliveries_total` | worker, type | frames queued to connections, by event type |
 //! | `socket_server_dropped_total` | worker | volatile frames dropped for clients that are behind |
-//! | `socket_server_slow_consumer_closes_total` | worker | connections closed with 4009 |
+//! | `socket_server_slow_consumer_closes_total` | worker | connections closed with 4009 (queue over the cap) |
+//! | `socket_server_stall_closes_total` | worker | connections closed with 4009 by the stall rule (no progress for `STALL_TIMEOUT`) |
 //! | `socket_server_errors_total` | code | error frames sent, by wire code |
 //! | `socket_server_backend_call_seconds` | worker, call | backend call latency histogram |
 //! | `socket_server_connections_refused_total` | reason | connections refused by the caps |
@@ -123,6 +124,7 @@ pub struct Metrics {
     deliveries: Family<WorkerType, Counter>,
     dropped: Family<WorkerLabel, Counter>,
     slow_consumers: Family<WorkerLabel, Counter>,
+    stall_closes: Family<WorkerLabel, Counter>,
     errors: Family<CodeLabel, Counter>,
     backend: Family<WorkerCall, Histogram, fn() -> Histogram>,
     refused: Family<ReasonLabel, Counter>,
@@ -158,6 +160,7 @@ impl Metrics {
             deliveries: Family::default(),
             dropped: Family::default(),
             slow_consumers: Family::default(),
+            stall_closes: Family::default(),
             errors: Family::default(),
             backend: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             refused: Family::default(),
@@ -192,6 +195,11 @@ impl Metrics {
             "slow_consumer_closes",
             "Connections closed as slow consumers (4009)",
             m.slow_consumers.clone(),
+        );
+        registry.register(
+            "stall_closes",
+            "Connections closed by the stall rule (4009: bytes waiting, none accepted for STALL_TIMEOUT)",
+            m.stall_closes.clone(),
         );
         registry.register("errors", "Error frames sent, by code", m.errors.clone());
         registry.register(
@@ -255,6 +263,10 @@ impl Metrics {
                 .clone(),
             slow_consumers: self
                 .slow_consumers
+                .get_or_create(&WorkerLabel { worker: w.clone() })
+                .clone(),
+            stall_closes: self
+                .stall_closes
                 .get_or_create(&WorkerLabel { worker: w.clone() })
                 .clone(),
             backend: CALLS.map(|c| {
@@ -346,6 +358,8 @@ pub struct WorkerMetrics {
     pub dropped: Counter,
     /// Slow-consumer closes.
     pub slow_consumers: Counter,
+    /// Stall-rule closes.
+    pub stall_closes: Counter,
     /// Indexed like [`CALLS`].
     pub backend: [Histogram; 6],
 }

@@ -11,6 +11,7 @@
 //! - [`typing`]: typing indicators with deadlines.
 //! - [`history`]: cutting a `chat:history` page to a byte budget from the right end.
 //! - [`rate`]: the per-connection message rate limit (token bucket).
+//! - [`stall`]: the stall rule (no progress while bytes wait), counted in looks.
 //! - [`session`]: one connection's rules — membership checks, rate-limited re-fetch of the
 //!   user's chats, liveness.
 
@@ -19,4 +20,5 @@ pub mod presence;
 pub mod rate;
 pub mod room;
 pub mod session;
+pub mod stall;
 pub mod typing;

@@ -26,11 +26,15 @@ use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 
 use super::split::WriteHalf;
+use crate::core::stall::{Look, StallWatch};
 use crate::protocol::frame::close_frame;
 use crate::protocol::CloseCode;
 
 /// First allocation of an outbox that receives a frame.
 const INITIAL_CAPACITY: usize = 512;
+/// Largest single write: a long backlog leaves in bounded steps, so the stall rule sees its
+/// progress as it goes.
+const WRITE_CHUNK: usize = 256 * 1024;
 
 /// How a frame may be treated under back-pressure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +66,12 @@ pub struct Outbox {
     writer_done: Cell<bool>,
     writer: Cell<Option<Waker>>,
     reader: Cell<Option<Waker>>,
+    /// Bytes the socket accepted (wrapping): the stall rule's progress counter.
+    written: Cell<u32>,
+    /// Whether the writer holds bytes it has not finished writing.
+    writing: Cell<bool>,
+    /// The stall rule's state, advanced by [`Outbox::look`].
+    watch: Cell<StallWatch>,
 }
 
 impl Outbox {
@@ -76,7 +86,20 @@ impl Outbox {
             writer_done: Cell::new(false),
             writer: Cell::new(None),
             reader: Cell::new(None),
+            written: Cell::new(0),
+            writing: Cell::new(false),
+            watch: Cell::new(StallWatch::default()),
         }
+    }
+
+    /// One look of the stall rule (see `core::stall`): has the socket accepted bytes since
+    /// the last look, and is anything waiting?
+    pub fn look(&self) -> Look {
+        let pending = self.writing.get() || !self.buf.borrow().is_empty();
+        let mut watch = self.watch.get();
+        let look = watch.look(self.written.get(), pending);
+        self.watch.set(watch);
+        look
     }
 
     /// Queues an encoded frame of the given class.
@@ -210,6 +233,21 @@ impl Outbox {
         .await
     }
 
+    /// Writes all of `data` in steps of at most [`WRITE_CHUNK`], counting what the socket
+    /// accepts as it goes.
+    async fn write_counted(&self, socket: &mut WriteHalf, mut data: &[u8]) -> std::io::Result<()> {
+        while !data.is_empty() {
+            let n = socket.write(&data[..data.len().min(WRITE_CHUNK)]).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            // Only change matters to the stall rule: wrapping keeps the counter small.
+            self.written.set(self.written.get().wrapping_add(n as u32));
+            data = &data[n..];
+        }
+        Ok(())
+    }
+
     /// The writer task: sends queued bytes until closing and drained, a write fails, or abort.
     pub async fn run_writer(&self, mut socket: WriteHalf) {
         let mut spare = Vec::new();
@@ -228,10 +266,12 @@ impl Outbox {
             }
             std::mem::swap(&mut *self.buf.borrow_mut(), &mut spare);
             if !spare.is_empty() {
+                self.writing.set(true);
                 let written = monoio::select! {
-                    r = socket.write_all(&spare) => r.is_ok(),
+                    r = self.write_counted(&mut socket, &spare) => r.is_ok(),
                     _ = self.abort_signal() => false,
                 };
+                self.writing.set(false);
                 if !written {
                     // The peer is gone (or never reads): stop accepting frames and let the
                     // reader finish.
@@ -279,6 +319,16 @@ mod tests {
         let queued = o.take_for_bench();
         assert_eq!(queued, close_frame(CloseCode::SlowConsumer).to_vec());
         assert_eq!(o.push_class(&[1; 1], Class::Reliable), Pushed::Dropped);
+    }
+
+    #[test]
+    fn queued_bytes_without_progress_are_looked_at_as_waiting() {
+        let o = Outbox::new(1000);
+        assert_eq!(o.look(), Look::Idle);
+        assert!(o.push(b"abc"));
+        assert_eq!(o.look(), Look::Waiting);
+        o.written.set(3);
+        assert_eq!(o.look(), Look::Progress);
     }
 
     #[test]

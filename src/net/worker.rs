@@ -34,6 +34,7 @@ use crate::config::CLOSE_GRACE;
 use crate::core::presence::{owner_of, Presence};
 use crate::core::room::Rooms;
 use crate::core::session::{Heartbeat, Session, User};
+use crate::core::stall::Look;
 use crate::core::typing::Typing;
 use crate::metrics::{Metrics, WorkerMetrics};
 use crate::protocol::frame::control_frame;
@@ -575,7 +576,10 @@ impl Worker {
     /// a pass costs well under a millisecond per 100,000 connections, once per API request.
     fn apply_api(&self, actions: &[Action]) -> Vec<Outcome> {
         let users = self.connections_of(actions);
-        actions.iter().map(|a| self.apply_action(a, &users)).collect()
+        actions
+            .iter()
+            .map(|a| self.apply_action(a, &users))
+            .collect()
     }
 
     fn apply_action(&self, action: &Action, users: &UserConns) -> Outcome {
@@ -738,6 +742,24 @@ impl Worker {
         }
     }
 
+    /// One look of the stall rule at every connection (`core::stall`): progress counts as the
+    /// client being alive; a connection stuck with bytes waiting is closed (4009) and its
+    /// queue freed at once (nothing more can be written to it, not even a close frame).
+    fn check_stalls(&self, now: Instant) {
+        for (_, c) in self.conns.borrow().iter() {
+            match c.outbox.look() {
+                Look::Progress => c.session.borrow_mut().seen(now),
+                Look::Stuck => {
+                    tracing::warn!(user_id = %c.session.borrow().user().id, queued = c.outbox.queued(), "Slow consumer closed: stalled");
+                    self.metrics.stall_closes.inc();
+                    self.shared.metrics.closed(CloseCode::SlowConsumer);
+                    c.outbox.abort();
+                }
+                Look::Idle | Look::Waiting => {}
+            }
+        }
+    }
+
     async fn drain(&self) {
         let cfg = self.config();
         let deadline = Instant::now() + cfg.drain_wait();
@@ -831,6 +853,8 @@ async fn ticker(worker: Rc<Worker>) {
         .min(cfg.heartbeat_interval() / 4)
         .clamp(MIN_TICK, MAX_TICK);
     let mut next_heartbeat = Instant::now() + cfg.heartbeat_interval();
+    let stall_period = (cfg.stall_timeout() / u32::from(crate::core::stall::PASSES)).max(MIN_TICK);
+    let mut next_stall_look = Instant::now() + stall_period;
     // Runs until the runtime ends (through the drain too, so the watchdog sees it alive).
     loop {
         worker.shared.liveness.tick(worker.id);
@@ -839,6 +863,10 @@ async fn ticker(worker: Rc<Worker>) {
             continue;
         }
         let now = Instant::now();
+        if now >= next_stall_look {
+            next_stall_look = now + stall_period;
+            worker.check_stalls(now);
+        }
         let due = now >= next_heartbeat;
         if due {
             next_heartbeat = now + cfg.heartbeat_interval();

@@ -734,7 +734,17 @@ pub fn raw_handshake(port: u16, path_and_query: &str) -> (TcpStream, Vec<u8>) {
 /// Like [`raw_handshake`], but `early` bytes (e.g. [`masked_text_frame`]s) are written in the
 /// same write as the upgrade request, before the server could have answered.
 pub fn raw_handshake_with(port: u16, path_and_query: &str, early: &[u8]) -> (TcpStream, Vec<u8>) {
-    let mut stream = tcp(port);
+    raw_handshake_on(tcp(port), port, path_and_query, early)
+}
+
+/// [`raw_handshake_with`] over a socket the caller connected (e.g. with a small receive
+/// buffer).
+pub fn raw_handshake_on(
+    mut stream: TcpStream,
+    port: u16,
+    path_and_query: &str,
+    early: &[u8],
+) -> (TcpStream, Vec<u8>) {
     let mut req = format!(
         "GET {path_and_query} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n\
          Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
