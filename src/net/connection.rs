@@ -136,7 +136,12 @@ async fn serve_refused(worker: &Rc<Worker>, stream: &mut TcpStreamPoll, refused:
 }
 
 /// A request that is not an upgrade: the server API, or the plain HTTP endpoints.
-async fn serve_plain(worker: &Rc<Worker>, stream: &mut TcpStreamPoll, req: &Request, rest: BytesMut) {
+async fn serve_plain(
+    worker: &Rc<Worker>,
+    stream: &mut TcpStreamPoll,
+    req: &Request,
+    rest: BytesMut,
+) {
     if crate::api::is_api_path(&req.path) {
         super::api::serve(worker, stream, req, rest, super::api::Port::Shared).await
     } else {
