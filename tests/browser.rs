@@ -5,9 +5,11 @@
 //! page the server serves at `/` in headless Chromium as alice and bob (and briefly carol), and
 //! checks through the UI: connecting with a demo token, presence, typing indicators, messages
 //! (sender, own/other), read receipts ("Seen by Bob"), unread badges, a readable error frame,
-//! authentication failure (close 4001, no retry), reconnecting by itself after a server restart
-//! (SIGTERM: `SERVER_SHUTDOWN` + close 1001, then a new process on the same port and store),
-//! and the phone layout. Screenshots go to `<CARGO_TARGET_TMPDIR>/browser-artifacts/`
+//! authentication failure (close 4001, no retry), the server API adding and removing a member
+//! (`chat:new`/`chat:removed`) and posting a message, reconnecting by itself after a server
+//! restart (SIGTERM: `SERVER_SHUTDOWN` + close 1001, then a new process on the same port and
+//! store) and fetching exactly the messages missed meanwhile with `chat:history`, the latest
+//! page when a chat opens and "Load earlier messages", and the phone layout. Screenshots go to `<CARGO_TARGET_TMPDIR>/browser-artifacts/`
 //! (`demo-two-users.png`, `demo-phone.png`, and `failure-*.png` when a check fails); set
 //! `UPDATE_README_SCREENSHOT=1` to also refresh `docs/demo.png`.
 //!

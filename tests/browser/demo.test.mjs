@@ -3,10 +3,13 @@
 //
 // Starts the gateway itself (`<SOCKET_SERVER_BIN> --demo` on a free loopback port, with a store
 // in a temporary directory), opens the page it serves at `/` in two browser contexts (alice and
-// bob, plus carol briefly), and drives the UI: connect, presence, typing, messages, read
-// receipts ("Seen by"), unread badges, a readable error, authentication failure (4001, no
-// retry), a server restart (SIGTERM → SERVER_SHUTDOWN + 1001 → the pages reconnect by
-// themselves) and the phone layout. Writes screenshots to ARTIFACT_DIR.
+// bob, plus carol briefly and a second page for bob), and drives the UI: connect, presence,
+// typing, messages, read receipts ("Seen by"), unread badges, history (`chat:history`: a chat
+// opened for the first time shows its latest messages; "Load earlier messages" pages back), a
+// readable error, authentication failure (4001, no retry), a server restart (SIGTERM →
+// SERVER_SHUTDOWN + 1001 → the pages reconnect by themselves; bob's network stays down until
+// alice has sent more, and his page fetches exactly what it missed) and the phone layout.
+// Writes screenshots to ARTIFACT_DIR.
 //
 // Environment:
 //   SOCKET_SERVER_BIN  gateway binary (required)
@@ -284,6 +287,9 @@ async function expectConnected(page, timeout = STEP_MS) {
 }
 
 const message = (page, text) => page.locator('[data-testid="message"]', { hasText: text });
+// The texts of the messages shown in the open chat, top to bottom.
+const messageTexts = async (page) => (await page.getByTestId("message-text").allTextContents()).map((t) => t.trim());
+const sameList = (a, b) => JSON.stringify(a) === JSON.stringify(b);
 
 async function expectMessage(page, text, { sender, own }) {
   const m = message(page, text);
@@ -469,6 +475,12 @@ async function main() {
   step("carol (autoconnect from the URL) writes to alice-bob: a readable NOT_PARTICIPANT error");
   const carol = await openPage("carol", { viaUrl: true });
   await expectConnected(carol);
+  // Nobody sends anything now: what carol's #general shows comes from chat:history.
+  await waitFor("carol to have #general selected", () => selectedChat(carol), (c) => c === "general");
+  await waitFor("carol's #general to show its stored messages (latest page), in order, once each",
+    () => messageTexts(carol), (t) => sameList(t, [hello, reply]));
+  await expectMessage(carol, hello, { sender: "Alice", own: false });
+  await expectMessage(carol, reply, { sender: "Bob", own: false });
   const carolChats = await carol.locator('[data-testid="chat-item"]').evaluateAll((els) => els.map((e) => e.dataset.chatId));
   check(!carolChats.includes("alice-bob"), `carol must not list alice-bob (lists ${carolChats.join(", ")})`);
   const sent = await carol.evaluate(() => window.demo.send("chat:message", { chatId: "alice-bob", content: "let me in" }));
@@ -527,11 +539,48 @@ async function main() {
     + await bob.locator('[data-testid="info-toast"][data-code="SERVER_SHUTDOWN"]').count();
   check(shutdownNotes >= 1, "the SERVER_SHUTDOWN error frame should be shown (as a notice)");
 
-  step("server restart: start it again on the same port and store; both reconnect by themselves");
+  step("server restart: start it again while bob's network is down; alice reconnects and sends 3 messages bob misses");
+  // Playwright's offline mode keeps open sockets but fails new ones: bob's page keeps trying to
+  // reconnect (with backoff) and cannot, so the messages below never reach it live.
+  await bob.context().setOffline(true);
   await startGateway(port, storePath);
   await expectConnected(alice, RECONNECT_MS);
+  await alice.locator('[data-testid="chat-item"][data-chat-id="general"]').click();
+  await waitFor("alice to have #general selected", () => selectedChat(alice), (c) => c === "general");
+  const missed = ["Missed 1: the server restarted.", "Missed 2: bob was offline.", "Missed 3: his page should catch up."];
+  for (const text of missed) {
+    await alice.getByTestId("message-input").fill(text);
+    await alice.getByTestId("message-input").press("Enter");
+    await expectMessage(alice, text, { sender: "Alice", own: true });
+  }
+  const bobLog = await bob.evaluate(() => window.demo.statusLog);
+  check(!bobLog.some((e) => e.at >= tStop && e.state === "connected"),
+    `bob must not have reconnected while offline (the gap would not be real); status history: ${JSON.stringify(bobLog.slice(-4))}`);
+
+  step("bob's network is back: his page reconnects by itself and fetches exactly what it missed");
+  await bob.context().setOffline(false);
   await expectConnected(bob, RECONNECT_MS);
   check((await message(bob, lunch).count()) === 1, "bob should still show the messages from before the restart");
+  check((await selectedChat(bob)) === "random", "bob should still be in #random");
+  await waitFor("bob's unread badge on #general to count the 3 missed messages", () => unreadBadge(bob, "general"), (t) => t === "3");
+  await bob.locator('[data-testid="chat-item"][data-chat-id="general"]').click();
+  await waitFor("bob's #general to show the 3 missed messages after the earlier ones, in order, once each",
+    () => messageTexts(bob), (t) => sameList(t, [hello, reply, ...missed]));
+  for (const text of missed) await expectMessage(bob, text, { sender: "Alice", own: false });
+  await waitFor("bob's unread badge on #general to disappear", () => unreadBadge(bob, "general"), (t) => t === "");
+  await waitFor('alice to show "Seen by Bob" under the last missed message (bob read it once shown)', async () => {
+    const seen = message(alice, missed[2]).getByTestId("seen-by");
+    return (await seen.count()) ? (await seen.textContent()).trim() : "";
+  }, (t) => t === "Seen by Bob");
+  // alice-bob's last message, the backend's "Build 42 is live", is not stored by the gateway, so
+  // asking for what came after it is refused: the pages must recover from that silently.
+  for (const page of [alice, bob]) {
+    await waitFor(`${page.user}'s history requests to be answered`, () => page.evaluate(() => window.demo.historyInFlight), (n) => n === 0);
+    const errors = await page.locator('[data-testid="error-toast"]').allTextContents();
+    check(errors.length === 0, `${page.user} should show no error after reconnecting, shows: ${JSON.stringify(errors)}`);
+  }
+
+  step("after the restart, live messages flow again");
   const back = "Back after the restart.";
   await alice.getByTestId("message-input").fill(back);
   await alice.getByTestId("message-input").press("Enter");
@@ -555,6 +604,27 @@ async function main() {
   const phone = path.join(ARTIFACT_DIR, "demo-phone.png");
   await bob.screenshot({ path: phone, timeout: STEP_MS });
   log(`  wrote ${phone}`);
+
+  step("55 more messages in #random; a new page for bob opens #random: the latest 50, then \"Load earlier messages\"");
+  await alice.locator('[data-testid="chat-item"][data-chat-id="random"]').click();
+  await waitFor("alice to have #random selected", () => selectedChat(alice), (c) => c === "random");
+  const bulk = Array.from({ length: 55 }, (_, i) => `Bulk message ${String(i + 1).padStart(2, "0")} of 55`);
+  const sentBulk = await alice.evaluate((texts) => texts.every((content) => window.demo.send("chat:message", { chatId: "random", content })), bulk);
+  check(sentBulk, "window.demo.send should send the 55 messages on the open socket");
+  const randomAll = [lunch, ...bulk];
+  await waitFor("alice to show all 55 (each echoed by the server, so stored)", () => messageTexts(alice), (t) => sameList(t, randomAll));
+  const bob2 = await openPage("bob");
+  await expectConnected(bob2);
+  await bob2.locator('[data-testid="chat-item"][data-chat-id="random"]').click();
+  await waitFor("bob's new page to have #random selected", () => selectedChat(bob2), (c) => c === "random");
+  await waitFor("bob's new page to show the latest 50 messages of #random", () => messageTexts(bob2), (t) => sameList(t, randomAll.slice(-50)));
+  const earlier = bob2.getByTestId("load-earlier");
+  await waitFor('the "Load earlier messages" button to be shown and enabled', async () => (await earlier.isVisible()) && (await earlier.isEnabled()), (v) => v === true);
+  await earlier.click();
+  await waitFor("bob's new page to show all of #random, in order, once each", () => messageTexts(bob2), (t) => sameList(t, randomAll));
+  await waitFor('the "Load earlier messages" button to go away (nothing more)', () => earlier.count(), (n) => n === 0);
+  await expectMessage(bob2, lunch, { sender: "Alice", own: false });
+  await bob2.context().close();
 
   check(pageErrors.length === 0, `uncaught errors in the page: ${pageErrors.join("; ")}`);
 }
