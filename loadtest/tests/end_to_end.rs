@@ -196,6 +196,26 @@ fn common(port: u16) -> Common {
 }
 
 #[test]
+fn the_round_rule_sends_rounds_and_loses_nothing() {
+    let srv = start_server();
+    let args = chat::ChatArgs {
+        clients: 4,
+        duration: Duration::from_millis(600),
+        warmup: Duration::from_millis(100),
+        window: 1,
+        round_size: 25,
+        size: 16,
+        drain: Duration::from_secs(3),
+    };
+    let r = chat::run(&common(srv.port), &args).unwrap();
+    assert!(r.consistent, "{r:?}");
+    assert_eq!(r.total_deliveries, r.total_sent * 4);
+    // Whole rounds only: every client stops at a round boundary once its round completed.
+    assert_eq!(r.total_sent % 25, 0, "{} sent", r.total_sent);
+    assert!(r.table().render().contains("round size 25"));
+}
+
+#[test]
 fn chat_counts_every_message_once_per_client() {
     let srv = start_server();
     let args = chat::ChatArgs {
@@ -203,6 +223,7 @@ fn chat_counts_every_message_once_per_client() {
         duration: Duration::from_millis(800),
         warmup: Duration::from_millis(200),
         window: 2,
+        round_size: 1,
         size: 16,
         drain: Duration::from_secs(3),
     };

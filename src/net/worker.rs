@@ -545,8 +545,11 @@ impl Worker {
             }
         }
         let mut outcomes: Vec<Outcome> = actions.iter().map(Action::nothing).collect();
+        // One deadline for all the workers' answers, not one per worker.
+        let deadline = Instant::now() + API_CONFIRM_TIMEOUT;
         for rx in replies {
-            match monoio::time::timeout(API_CONFIRM_TIMEOUT, rx).await {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match monoio::time::timeout(left, rx).await {
                 Ok(Ok(theirs)) => {
                     for (mine, other) in outcomes.iter_mut().zip(theirs) {
                         mine.merge(other);

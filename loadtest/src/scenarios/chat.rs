@@ -7,6 +7,12 @@
 //! message once it has received all R messages of the previous round. Larger W keeps W rounds
 //! in flight (more pipelining). The rule cannot deadlock while every message reaches everyone.
 //!
+//! The round rule (`--round-size M`, the Bun peer's own benchmark rule): each client sends M
+//! messages at once, and its next M once it has received every message of the round (M x R);
+//! a client can only have them all once every client finished the round, so rounds are global.
+//! Both rules are one formula: message k belongs to round ceil(k / M) and is sent once
+//! `(round - W) * M * R` messages arrived; M = 1 is the window rule, W = 1 the round rule.
+//!
 //! Guarantees:
 //! - Received frames are counted by walking frame headers and comparing the `"type"` bytes;
 //!   nothing is JSON-parsed. Only `chat:message` frames count as deliveries.
@@ -45,6 +51,10 @@ pub struct ChatArgs {
     /// Rounds in flight per client: message k is sent once (k - W) * R messages arrived.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub window: u64,
+    /// Messages each client sends per round (the round rule): its next round starts once it has
+    /// received all M x R messages of the round. 1 = the plain window rule.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub round_size: u64,
     /// Content length of each message, bytes.
     #[arg(long, default_value_t = 16)]
     pub size: usize,
@@ -64,6 +74,8 @@ pub struct ChatResult {
     pub clients: u64,
     /// Rounds in flight per client.
     pub window: u64,
+    /// Messages per client per round.
+    pub round_size: u64,
     /// Worker threads.
     pub threads: usize,
     /// The chat used.
@@ -88,6 +100,13 @@ pub struct ChatResult {
     pub timeline: Vec<TimelinePoint>,
     /// Set when the load generator, not the server, limited the throughput.
     pub note: Option<String>,
+}
+
+/// Whether message `k` (1-based) may be sent once `received` messages arrived, with `w`
+/// rounds in flight, `m` messages per round and `r` clients.
+fn may_send(k: u64, received: u64, w: u64, m: u64, r: u64) -> bool {
+    let round = k.div_ceil(m);
+    received >= round.saturating_sub(w) * m * r
 }
 
 fn payload(out: &mut Vec<u8>, chat_json: &str, j: u64, k: u64, size: usize) {
@@ -118,7 +137,7 @@ async fn client(ctx: Arc<ChatCtx>, args: Arc<ChatArgs>, j: u64) -> Result<()> {
     loop {
         if !shared.stop_sending.load(Relaxed) {
             let mut n = 0;
-            while received >= next.saturating_sub(w) * r {
+            while may_send(next, received, w, args.round_size, r) {
                 payload(&mut buf, &chat_json, j, next, args.size);
                 conn.queue_text(&buf);
                 next += 1;
@@ -210,6 +229,7 @@ pub fn run(common: &Common, args: &ChatArgs) -> Result<ChatResult> {
         url: common.url.clone(),
         clients,
         window: args.window,
+        round_size: args.round_size,
         threads,
         chat_id: ctx.chat.get().cloned().unwrap_or_default(),
         measured,
@@ -231,8 +251,8 @@ impl ChatResult {
         let m = &self.measured;
         let mut t = Table::new();
         t.section(&format!(
-            "chat: {} clients in {}, window {}, {} client thread(s), {}",
-            self.clients, self.chat_id, self.window, self.threads, self.url
+            "chat: {} clients in {}, window {}, round size {}, {} client thread(s), {}",
+            self.clients, self.chat_id, self.window, self.round_size, self.threads, self.url
         ));
         t.row("measured window", format!("{:.2} s", m.seconds));
         t.row("deliveries/s", fmt_rate(m.deliveries_per_s));
@@ -275,6 +295,18 @@ impl ChatResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_formula_for_the_window_and_round_rules() {
+        let r = 4;
+        // Window rule (M = 1): message k once (k - W) * R arrived.
+        assert!(may_send(1, 0, 1, 1, r) && !may_send(2, 3, 1, 1, r) && may_send(2, 4, 1, 1, r));
+        assert!(may_send(2, 0, 2, 1, r) && !may_send(3, 3, 2, 1, r));
+        // Round rule (M = 3, W = 1): the first three at once, the next three after 3 x 4.
+        assert!((1..=3).all(|k| may_send(k, 0, 1, 3, r)));
+        assert!(!may_send(4, 11, 1, 3, r) && may_send(4, 12, 1, 3, r) && may_send(6, 12, 1, 3, r));
+        assert!(!may_send(7, 23, 1, 3, r) && may_send(7, 24, 1, 3, r));
+    }
 
     #[test]
     fn payload_is_valid_json_of_the_right_shape() {
