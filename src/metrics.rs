@@ -17,6 +17,7 @@
 //! | `socket_server_deliveries_total` | worker, type | frames queued to connections, by event type |
 //! | `socket_server_dropped_total` | worker | volatile frames dropped for clients that are behind |
 //! | `socket_server_slow_consumer_closes_total` | worker | connections closed with 4009 (queue over the cap) |
+//! | `socket_server_queued_bytes` | worker | bytes waiting in the worker's connection queues (sampled at each stall-rule look) |
 //! | `socket_server_stall_closes_total` | worker | connections closed with 4009 by the stall rule (no progress for `STALL_TIMEOUT`) |
 //! | `socket_server_errors_total` | code | error frames sent, by wire code |
 //! | `socket_server_backend_call_seconds` | worker, call | backend call latency histogram |
@@ -125,6 +126,7 @@ pub struct Metrics {
     dropped: Family<WorkerLabel, Counter>,
     slow_consumers: Family<WorkerLabel, Counter>,
     stall_closes: Family<WorkerLabel, Counter>,
+    queued_bytes: Family<WorkerLabel, Gauge>,
     errors: Family<CodeLabel, Counter>,
     backend: Family<WorkerCall, Histogram, fn() -> Histogram>,
     refused: Family<ReasonLabel, Counter>,
@@ -161,6 +163,7 @@ impl Metrics {
             dropped: Family::default(),
             slow_consumers: Family::default(),
             stall_closes: Family::default(),
+            queued_bytes: Family::default(),
             errors: Family::default(),
             backend: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             refused: Family::default(),
@@ -200,6 +203,11 @@ impl Metrics {
             "stall_closes",
             "Connections closed by the stall rule (4009: bytes waiting, none accepted for STALL_TIMEOUT)",
             m.stall_closes.clone(),
+        );
+        registry.register(
+            "queued_bytes",
+            "Bytes waiting in the worker's connection queues, sampled at each stall-rule look (STALL_TIMEOUT / 4)",
+            m.queued_bytes.clone(),
         );
         registry.register("errors", "Error frames sent, by code", m.errors.clone());
         registry.register(
@@ -267,6 +275,10 @@ impl Metrics {
                 .clone(),
             stall_closes: self
                 .stall_closes
+                .get_or_create(&WorkerLabel { worker: w.clone() })
+                .clone(),
+            queued_bytes: self
+                .queued_bytes
                 .get_or_create(&WorkerLabel { worker: w.clone() })
                 .clone(),
             backend: CALLS.map(|c| {
@@ -360,6 +372,8 @@ pub struct WorkerMetrics {
     pub slow_consumers: Counter,
     /// Stall-rule closes.
     pub stall_closes: Counter,
+    /// Bytes queued on the worker's connections (sampled).
+    pub queued_bytes: Gauge,
     /// Indexed like [`CALLS`].
     pub backend: [Histogram; 6],
 }

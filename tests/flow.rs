@@ -98,6 +98,10 @@ fn a_client_that_reads_nothing_is_closed_by_the_stall_rule_and_recovers_with_his
         metrics.contains(r#"socket_server_server_closes_total{code="4009"} 1"#),
         "{metrics}"
     );
+    assert!(
+        metrics.contains("socket_server_queued_bytes{worker="),
+        "{metrics}"
+    );
     assert_eq!(
         metric_sum(&metrics, "socket_server_slow_consumer_closes_total"),
         0.0,

@@ -749,7 +749,9 @@ impl Worker {
     /// client being alive; a connection stuck with bytes waiting is closed (4009) and its
     /// queue freed at once (nothing more can be written to it, not even a close frame).
     fn check_stalls(&self, now: Instant) {
+        let mut queued = 0;
         for (_, c) in self.conns.borrow().iter() {
+            queued += c.outbox.queued();
             match c.outbox.look() {
                 Look::Progress => c.session.borrow_mut().seen(now),
                 Look::Stuck => {
@@ -761,6 +763,7 @@ impl Worker {
                 Look::Idle | Look::Waiting => {}
             }
         }
+        self.metrics.queued_bytes.set(queued as i64);
     }
 
     async fn drain(&self) {
