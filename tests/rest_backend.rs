@@ -726,38 +726,35 @@ fn history_asks_the_api_for_one_more_than_the_limit_and_pages_both_ways() {
     assert_eq!(asked.query, "limit=3", "one more than the limit");
     assert_eq!(asked.auth.as_deref(), Some("Bearer tok-alice"));
 
-    let back = ask(
-        &mut alice,
-        json!({ "chatId": "room", "before": "h3", "limit": 2 }),
-    );
-    assert_eq!(
-        (ids(&back), back["hasMore"].as_bool()),
-        (vec!["h1".into(), "h2".into()], Some(true))
-    );
-    let first = ask(
-        &mut alice,
-        json!({ "chatId": "room", "before": "h1", "limit": 2 }),
-    );
-    assert_eq!(
-        (ids(&first), first["hasMore"].as_bool()),
-        (vec!["h0".into()], Some(false))
-    );
-    let fwd = ask(
-        &mut alice,
-        json!({ "chatId": "room", "after": "h1", "limit": 2 }),
-    );
-    assert_eq!(
-        (ids(&fwd), fwd["hasMore"].as_bool()),
-        (vec!["h2".into(), "h3".into()], Some(true))
-    );
-    let end = ask(
-        &mut alice,
-        json!({ "chatId": "room", "after": "h3", "limit": 2 }),
-    );
-    assert_eq!(
-        (ids(&end), end["hasMore"].as_bool()),
-        (vec!["h4".into()], Some(false))
-    );
+    for (page, want, more) in [
+        (
+            json!({ "chatId": "room", "before": "h3", "limit": 2 }),
+            vec!["h1", "h2"],
+            true,
+        ),
+        (
+            json!({ "chatId": "room", "before": "h1", "limit": 2 }),
+            vec!["h0"],
+            false,
+        ),
+        (
+            json!({ "chatId": "room", "after": "h1", "limit": 2 }),
+            vec!["h2", "h3"],
+            true,
+        ),
+        (
+            json!({ "chatId": "room", "after": "h3", "limit": 2 }),
+            vec!["h4"],
+            false,
+        ),
+    ] {
+        let got = ask(&mut alice, page.clone());
+        assert_eq!(
+            (ids(&got), got["hasMore"].as_bool()),
+            (want.iter().map(|s| s.to_string()).collect(), Some(more)),
+            "{page}"
+        );
+    }
     assert!(api
         .calls()
         .iter()
