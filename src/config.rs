@@ -73,7 +73,12 @@ pub const DEFAULT_CHATS_REFETCH_INTERVAL_MS: u64 = 2_000;
 /// Default cap on fragments in one client message.
 pub const DEFAULT_MAX_FRAGMENTS: usize = 64;
 /// Default cap on bytes queued for one connection.
-pub const DEFAULT_MAX_OUTBOX_BYTES: usize = 1 << 20;
+pub const DEFAULT_MAX_OUTBOX_BYTES: usize = 16 << 20;
+/// Largest `MAX_OUTBOX_BYTES` accepted (the stall rule's counters are 32-bit).
+pub const MAX_OUTBOX_BYTES_LIMIT: usize = 1 << 30;
+/// Default `OUTBOX_BUDGET`: bytes queued per worker, all its connections together. Sized for
+/// this machine class (24 GiB, 2 cores: 2 workers x 512 MiB = 1 GiB at most in queues).
+pub const DEFAULT_OUTBOX_BUDGET: usize = 512 << 20;
 /// Default sustained client message rate per connection, messages per second.
 pub const DEFAULT_RATE_LIMIT: u32 = 50;
 /// Default burst of client messages allowed above the rate.
@@ -209,10 +214,21 @@ pub struct Config {
     #[arg(long = "stall-timeout-ms", env = "STALL_TIMEOUT", default_value_t = DEFAULT_STALL_TIMEOUT_MS)]
     pub stall_timeout_ms: u64,
 
-    /// Bytes queued for one connection before it is closed as a slow consumer (4009); volatile
-    /// events are dropped from half of it. Env `MAX_OUTBOX_BYTES`. Default 1048576.
+    /// Bytes queued for one connection before it is closed as a reader that can never keep up
+    /// (4009); volatile events are dropped from half of it. Large enough for bursts: a reader
+    /// that keeps reading is judged by the stall rule (`STALL_TIMEOUT`), not by this, and the
+    /// worker's `OUTBOX_BUDGET` bounds all queues together. At most 1 GiB. Env
+    /// `MAX_OUTBOX_BYTES`. Default 16777216.
     #[arg(long, env = "MAX_OUTBOX_BYTES", default_value_t = DEFAULT_MAX_OUTBOX_BYTES)]
     pub max_outbox_bytes: usize,
+
+    /// Bytes queued on one worker's connections together (queued or being written). Past it,
+    /// connections are shed (closed 4009, queue freed) until 90% of it: the largest of those
+    /// not draining first, draining ones only when none other is left. Worst case for the
+    /// whole process: `WORKERS x OUTBOX_BUDGET` in queues, plus one frame over it per worker.
+    /// At least `MAX_OUTBOX_BYTES`. Env `OUTBOX_BUDGET`. Default 536870912 (512 MiB).
+    #[arg(long, env = "OUTBOX_BUDGET", default_value_t = DEFAULT_OUTBOX_BUDGET)]
+    pub outbox_budget: usize,
 
     /// Sustained client messages per second per connection; above it messages are answered
     /// `RATE_LIMITED`, and a connection that keeps going is closed (4029). 0 disables.
@@ -409,6 +425,15 @@ impl Config {
             if ms > MAX_DURATION_MS {
                 return Err(bad(var, "must be at most 86400000 ms (one day)"));
             }
+        }
+        if self.max_outbox_bytes > MAX_OUTBOX_BYTES_LIMIT {
+            return Err(bad("MAX_OUTBOX_BYTES", "must be at most 1 GiB"));
+        }
+        if self.outbox_budget < self.max_outbox_bytes {
+            return Err(bad(
+                "OUTBOX_BUDGET",
+                "must be at least MAX_OUTBOX_BYTES (one connection's queue must fit)",
+            ));
         }
         if self.stall_timeout_ms < MIN_STALL_TIMEOUT_MS {
             return Err(bad("STALL_TIMEOUT", "must be at least 100 ms"));
@@ -661,6 +686,15 @@ mod tests {
         assert_eq!(c.validate().unwrap_err().var, "TYPING_TIMEOUT");
         let c = parse(&["--stall-timeout-ms", "50"]);
         assert_eq!(c.validate().unwrap_err().var, "STALL_TIMEOUT");
+        let c = parse(&["--outbox-budget", "1048576"]);
+        assert_eq!(c.validate().unwrap_err().var, "OUTBOX_BUDGET");
+        let c = parse(&[
+            "--max-outbox-bytes",
+            "2147483648",
+            "--outbox-budget",
+            "4294967296",
+        ]);
+        assert_eq!(c.validate().unwrap_err().var, "MAX_OUTBOX_BYTES");
     }
 
     #[test]

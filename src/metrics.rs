@@ -17,6 +17,7 @@
 //! | `socket_server_deliveries_total` | worker, type | frames queued to connections, by event type |
 //! | `socket_server_dropped_total` | worker | volatile frames dropped for clients that are behind |
 //! | `socket_server_slow_consumer_closes_total` | worker | connections closed with 4009 (queue over the cap) |
+//! | `socket_server_budget_sheds_total` | worker | connections closed with 4009 to bring the worker's queues under `OUTBOX_BUDGET` |
 //! | `socket_server_queued_bytes` | worker | bytes waiting in the worker's connection queues (sampled at each stall-rule look) |
 //! | `socket_server_stall_closes_total` | worker | connections closed with 4009 by the stall rule (no progress for `STALL_TIMEOUT`) |
 //! | `socket_server_errors_total` | code | error frames sent, by wire code |
@@ -127,6 +128,7 @@ pub struct Metrics {
     slow_consumers: Family<WorkerLabel, Counter>,
     stall_closes: Family<WorkerLabel, Counter>,
     queued_bytes: Family<WorkerLabel, Gauge>,
+    budget_sheds: Family<WorkerLabel, Counter>,
     errors: Family<CodeLabel, Counter>,
     backend: Family<WorkerCall, Histogram, fn() -> Histogram>,
     refused: Family<ReasonLabel, Counter>,
@@ -164,6 +166,7 @@ impl Metrics {
             slow_consumers: Family::default(),
             stall_closes: Family::default(),
             queued_bytes: Family::default(),
+            budget_sheds: Family::default(),
             errors: Family::default(),
             backend: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             refused: Family::default(),
@@ -208,6 +211,11 @@ impl Metrics {
             "queued_bytes",
             "Bytes waiting in the worker's connection queues, sampled at each stall-rule look (STALL_TIMEOUT / 4)",
             m.queued_bytes.clone(),
+        );
+        registry.register(
+            "budget_sheds",
+            "Connections closed (4009) to bring the worker's queues under OUTBOX_BUDGET",
+            m.budget_sheds.clone(),
         );
         registry.register("errors", "Error frames sent, by code", m.errors.clone());
         registry.register(
@@ -279,6 +287,10 @@ impl Metrics {
                 .clone(),
             queued_bytes: self
                 .queued_bytes
+                .get_or_create(&WorkerLabel { worker: w.clone() })
+                .clone(),
+            budget_sheds: self
+                .budget_sheds
                 .get_or_create(&WorkerLabel { worker: w.clone() })
                 .clone(),
             backend: CALLS.map(|c| {
@@ -374,6 +386,8 @@ pub struct WorkerMetrics {
     pub stall_closes: Counter,
     /// Bytes queued on the worker's connections (sampled).
     pub queued_bytes: Gauge,
+    /// Budget sheds.
+    pub budget_sheds: Counter,
     /// Indexed like [`CALLS`].
     pub backend: [Histogram; 6],
 }

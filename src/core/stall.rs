@@ -35,6 +35,12 @@ pub enum Look {
 }
 
 impl StallWatch {
+    /// Whether the connection counts as draining for the budget: its counter moved since the
+    /// last look, or the last look did not find it waiting without progress.
+    pub fn draining(&self, written: u32) -> bool {
+        written != self.mark || self.still == 0
+    }
+
     /// One look: `written` is the connection's counter of accepted bytes, `pending` whether
     /// bytes wait to be written.
     pub fn look(&mut self, written: u32, pending: bool) -> Look {
@@ -69,6 +75,15 @@ mod tests {
             assert_eq!(w.look(0, true), Look::Waiting);
         }
         assert_eq!(w.look(0, true), Look::Stuck);
+    }
+
+    #[test]
+    fn draining_until_a_look_finds_no_progress() {
+        let mut w = StallWatch::default();
+        assert!(w.draining(0));
+        w.look(0, true);
+        assert!(!w.draining(0), "waiting without progress");
+        assert!(w.draining(7), "bytes went out since");
     }
 
     #[test]

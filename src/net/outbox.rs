@@ -11,6 +11,9 @@
 //! marks the client a slow consumer: the unsent queue is discarded, a close 4009 is queued in
 //! its place, and the connection ends. So a client that stops reading holds at most `cap`
 //! bytes of server memory here (plus the one write in flight) and never slows anyone else.
+//! Every outbox of a worker adds to one thread-local total ([`queued_here`]), which the
+//! worker keeps under `OUTBOX_BUDGET` by shedding connections; and a connection whose socket
+//! accepts nothing while bytes wait is found by the stall rule ([`Outbox::look`]).
 //!
 //! States: open → closing (a close frame is queued; nothing more is accepted; the writer sends
 //! what is queued, then shuts the socket's write side) → done. Closing also wakes the reader,
@@ -35,6 +38,25 @@ const INITIAL_CAPACITY: usize = 512;
 /// Largest single write: a long backlog leaves in bounded steps, so the stall rule sees its
 /// progress as it goes.
 const WRITE_CHUNK: usize = 256 * 1024;
+
+thread_local! {
+    /// Bytes queued (or being written) in every outbox of this thread, i.e. of one worker:
+    /// what `OUTBOX_BUDGET` bounds. A thread-local, so idle connections carry nothing for it.
+    static QUEUED: Cell<usize> = const { Cell::new(0) };
+}
+
+fn queued_add(n: usize) {
+    QUEUED.with(|q| q.set(q.get() + n));
+}
+
+fn queued_sub(n: usize) {
+    QUEUED.with(|q| q.set(q.get().saturating_sub(n)));
+}
+
+/// Bytes queued in every outbox of the calling thread (one worker's).
+pub fn queued_here() -> usize {
+    QUEUED.with(Cell::get)
+}
 
 /// How a frame may be treated under back-pressure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +94,12 @@ pub struct Outbox {
     writing: Cell<bool>,
     /// The stall rule's state, advanced by [`Outbox::look`].
     watch: Cell<StallWatch>,
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        queued_sub(self.buf.get_mut().len());
+    }
 }
 
 impl Outbox {
@@ -114,7 +142,9 @@ impl Outbox {
             Class::Reliable if after > self.cap => {
                 // Slow consumer: what is queued will not be read in time; replace it with
                 // the close frame and let the connection end.
+                queued_sub(buf.len());
                 *buf = close_frame(CloseCode::SlowConsumer).to_vec();
+                queued_add(buf.len());
                 drop(buf);
                 self.closing.set(true);
                 self.wake_writer();
@@ -128,6 +158,7 @@ impl Outbox {
             buf.reserve(frame.len().max(INITIAL_CAPACITY));
         }
         buf.extend_from_slice(frame);
+        queued_add(frame.len());
         drop(buf);
         self.wake_writer();
         Pushed::Queued
@@ -149,6 +180,7 @@ impl Outbox {
             return;
         }
         self.buf.borrow_mut().extend_from_slice(frame);
+        queued_add(frame.len());
         self.wake_writer();
         self.wake_reader();
     }
@@ -157,6 +189,19 @@ impl Outbox {
     pub fn interrupt(&self) {
         self.interrupted.set(true);
         self.wake_reader();
+    }
+
+    /// Drops everything queued now (the memory is freed at once) and aborts the writer: the
+    /// budget sheds a connection this way.
+    pub fn discard(&self) {
+        let dropped = std::mem::take(&mut *self.buf.borrow_mut());
+        queued_sub(dropped.len());
+        self.abort();
+    }
+
+    /// Whether the connection counts as draining (see `core::stall::StallWatch::draining`).
+    pub fn draining(&self) -> bool {
+        self.watch.get().draining(self.written.get())
     }
 
     /// Ends the writer now, even in the middle of a write (peers that never read).
@@ -213,7 +258,9 @@ impl Outbox {
     /// Empties the queue as a writer would (benchmarks drive outboxes without sockets).
     #[doc(hidden)]
     pub fn take_for_bench(&self) -> Vec<u8> {
-        std::mem::take(&mut *self.buf.borrow_mut())
+        let taken = std::mem::take(&mut *self.buf.borrow_mut());
+        queued_sub(taken.len());
+        taken
     }
 
     fn wake_writer(&self) {
@@ -243,6 +290,7 @@ impl Outbox {
             }
             // Only change matters to the stall rule: wrapping keeps the counter small.
             self.written.set(self.written.get().wrapping_add(n as u32));
+            queued_sub(n);
             data = &data[n..];
         }
         Ok(())
@@ -267,12 +315,16 @@ impl Outbox {
             std::mem::swap(&mut *self.buf.borrow_mut(), &mut spare);
             if !spare.is_empty() {
                 self.writing.set(true);
+                let before = self.written.get();
                 let written = monoio::select! {
                     r = self.write_counted(&mut socket, &spare) => r.is_ok(),
                     _ = self.abort_signal() => false,
                 };
                 self.writing.set(false);
                 if !written {
+                    // What was not written leaves the budget with this buffer.
+                    let sent = self.written.get().wrapping_sub(before) as usize;
+                    queued_sub(spare.len().saturating_sub(sent));
                     // The peer is gone (or never reads): stop accepting frames and let the
                     // reader finish.
                     self.closing.set(true);
@@ -329,6 +381,23 @@ mod tests {
         assert_eq!(o.look(), Look::Waiting);
         o.written.set(3);
         assert_eq!(o.look(), Look::Progress);
+    }
+
+    #[test]
+    fn the_thread_total_follows_every_queue() {
+        let base = queued_here();
+        let a = Outbox::new(1000);
+        let b = Outbox::new(1000);
+        assert!(a.push(&[0; 100]) && b.push(&[0; 50]));
+        assert_eq!(queued_here(), base + 150);
+        a.discard();
+        assert_eq!(queued_here(), base + 50);
+        assert_eq!(b.take_for_bench().len(), 50);
+        assert_eq!(queued_here(), base);
+        let c = Outbox::new(1000);
+        assert!(c.push(&[0; 70]));
+        drop(c);
+        assert_eq!(queued_here(), base, "a dropped outbox leaves the total");
     }
 
     #[test]

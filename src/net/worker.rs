@@ -515,7 +515,41 @@ impl Worker {
         if dropped > 0 {
             self.metrics.dropped.inc_by(dropped);
         }
+        drop((conns, rooms, scratch));
+        if super::outbox::queued_here() > self.config().outbox_budget {
+            self.shed();
+        }
         queued as usize
+    }
+
+    /// Brings this worker's queues back under 90% of `OUTBOX_BUDGET` by closing connections
+    /// (4009, queue freed at once): the largest backlogs that are not draining first, then,
+    /// only if that is not enough, draining ones, largest first.
+    fn shed(&self) {
+        let target = self.config().outbox_budget / 10 * 9;
+        let conns = self.conns.borrow();
+        let mut backlogs: Vec<(bool, std::cmp::Reverse<usize>, usize)> = conns
+            .iter()
+            .filter(|(_, c)| c.outbox.queued() > 0 && !c.outbox.is_closing())
+            .map(|(slot, c)| {
+                (
+                    c.outbox.draining(),
+                    std::cmp::Reverse(c.outbox.queued()),
+                    slot,
+                )
+            })
+            .collect();
+        backlogs.sort_unstable();
+        for (draining, std::cmp::Reverse(queued), slot) in backlogs {
+            if super::outbox::queued_here() <= target {
+                break;
+            }
+            let Some(c) = conns.get(slot) else { continue };
+            tracing::warn!(user_id = %c.session.borrow().user().id, queued, draining, "Slow consumer closed: over the worker's OUTBOX_BUDGET");
+            self.metrics.budget_sheds.inc();
+            self.shared.metrics.closed(CloseCode::SlowConsumer);
+            c.outbox.discard();
+        }
     }
 
     /// Carries out server API actions on every worker, this one included, and completes once

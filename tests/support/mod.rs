@@ -463,6 +463,32 @@ pub fn urlencode(s: &str) -> String {
 
 fn tcp(port: u16) -> TcpStream {
     let stream = TcpStream::connect(("127.0.0.1", port)).expect("TCP connect to server");
+    with_timeouts(stream)
+}
+
+/// A TCP connection to 127.0.0.1:`port` whose receive buffer is `rcvbuf` bytes (set before
+/// connecting, so the window stays small): the kernel then buffers little for a client that
+/// is behind, and the server's own queue shows it.
+pub fn tcp_with_rcvbuf(port: u16, rcvbuf: usize) -> TcpStream {
+    let sock =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    sock.set_recv_buffer_size(rcvbuf).expect("SO_RCVBUF");
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    sock.connect(&addr.into()).expect("TCP connect to server");
+    with_timeouts(TcpStream::from(sock))
+}
+
+/// A WebSocket client over [`tcp_with_rcvbuf`], authenticated with `?token=`.
+pub fn connect_with_rcvbuf(port: u16, token: &str, rcvbuf: usize) -> Client {
+    let url = format!("ws://127.0.0.1:{port}/?token={}", urlencode(token));
+    let req = url.as_str().into_client_request().expect("valid ws url");
+    match tungstenite::client(req, tcp_with_rcvbuf(port, rcvbuf)) {
+        Ok((ws, _)) => Client { ws, closed: false },
+        Err(e) => panic!("WebSocket handshake to {url} failed: {e:?}"),
+    }
+}
+
+fn with_timeouts(stream: TcpStream) -> TcpStream {
     stream.set_nodelay(true).unwrap();
     stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
     stream.set_write_timeout(Some(READ_TIMEOUT)).unwrap();
