@@ -39,6 +39,48 @@ fn big(i: usize) -> String {
     format!("{i:04}:{}", "x".repeat(BIG))
 }
 
+/// Sends `n` big messages into `room` from `c`, reading each echo (so `c` keeps up).
+fn send_big(c: &mut Client, n: usize) {
+    for i in 0..n {
+        c.send_message("room", &big(i));
+        c.expect_type_any("chat:message");
+    }
+}
+
+/// Reads `n` chat messages on a thread of its own, pausing `pause` after each; returns their
+/// contents. Panics if the connection ends first or it takes over a minute.
+fn read_in_thread(
+    mut c: Client,
+    who: &'static str,
+    n: usize,
+    pause: Duration,
+) -> std::thread::JoinHandle<Vec<String>> {
+    std::thread::spawn(move || {
+        let mut contents = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while contents.len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "{who} read only {} of {n}",
+                contents.len()
+            );
+            match c.next_frame_until(Instant::now() + Duration::from_secs(10)) {
+                Some(Frame::Text(v)) if v["type"] == "chat:message" => {
+                    let text = v["payload"]["message"]["content"].as_str().unwrap_or("");
+                    contents.push(text.to_string());
+                    std::thread::sleep(pause);
+                }
+                Some(Frame::Text(_)) | Some(Frame::Ping) | Some(Frame::Pong) => {}
+                other => panic!(
+                    "{who}'s connection ended after {}: {other:?}",
+                    contents.len()
+                ),
+            }
+        }
+        contents
+    })
+}
+
 /// `name{...} value` summed over every series of `name` in a /metrics text.
 fn metric_sum(metrics: &str, name: &str) -> f64 {
     metrics
@@ -160,43 +202,13 @@ fn a_slow_steady_reader_outlives_the_stall_rule_and_the_idle_timeout() {
             ("CONNECTION_TIMEOUT", "1500"),
         ],
     );
-    let (mut b, _) = server.connect_ok(&bob);
+    let (b, _) = server.connect_ok(&bob);
     let (mut a, _) = server.connect_ok(&alice);
     const N: usize = 150; // 9 MB
-    let reader = std::thread::spawn(move || {
-        let mut contents = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while contents.len() < N {
-            assert!(
-                Instant::now() < deadline,
-                "bob read only {} of {N}",
-                contents.len()
-            );
-            match b.next_frame_until(Instant::now() + Duration::from_secs(10)) {
-                Some(Frame::Text(v)) if v["type"] == "chat:message" => {
-                    contents.push(
-                        v["payload"]["message"]["content"]
-                            .as_str()
-                            .unwrap_or("")
-                            .to_string(),
-                    );
-                    // About 2.4 MB/s: the backlog takes several seconds to drain.
-                    std::thread::sleep(Duration::from_millis(25));
-                }
-                Some(Frame::Text(_)) | Some(Frame::Ping) | Some(Frame::Pong) => {}
-                other => panic!(
-                    "bob's connection ended after {} messages: {other:?}",
-                    contents.len()
-                ),
-            }
-        }
-        contents
-    });
+                          // About 2.4 MB/s: the backlog takes several seconds to drain.
+    let reader = read_in_thread(b, "bob", N, Duration::from_millis(25));
     let started = Instant::now();
-    for i in 0..N {
-        a.send_message("room", &big(i));
-        a.expect_type_any("chat:message");
-    }
+    send_big(&mut a, N);
     let contents = reader.join().expect("reader");
     let took = started.elapsed();
     eprintln!("bob read {N} messages of 60 KB in {took:?}");
@@ -250,29 +262,11 @@ fn over_the_worker_budget_the_stuck_backlogs_are_shed_and_the_steady_reader_kept
         ],
     );
     let _stuck: Vec<TcpStream> = stuck.iter().map(|t| stuck_client(server.port, t)).collect();
-    let (mut reader, _) = server.connect_ok(&steady);
+    let (reader, _) = server.connect_ok(&steady);
     let (mut a, _) = server.connect_ok(&alice);
     const N: usize = 200; // 12 MB
-    let steady_thread = std::thread::spawn(move || {
-        let mut got = Vec::new();
-        while got.len() < N {
-            match reader.next_frame_until(Instant::now() + Duration::from_secs(10)) {
-                Some(Frame::Text(v)) if v["type"] == "chat:message" => got.push(
-                    v["payload"]["message"]["content"]
-                        .as_str()
-                        .unwrap_or("")
-                        .to_string(),
-                ),
-                Some(Frame::Text(_)) | Some(Frame::Ping) | Some(Frame::Pong) => {}
-                other => panic!("the steady reader ended after {}: {other:?}", got.len()),
-            }
-        }
-        got
-    });
-    for i in 0..N {
-        a.send_message("room", &big(i));
-        a.expect_type_any("chat:message");
-    }
+    let steady_thread = read_in_thread(reader, "the steady reader", N, Duration::ZERO);
+    send_big(&mut a, N);
     let got = steady_thread.join().expect("steady reader");
     assert!(
         got == (0..N).map(big).collect::<Vec<_>>(),
