@@ -47,49 +47,6 @@ fn send_big(c: &mut Client, n: usize) {
     }
 }
 
-/// Reads `n` chat messages on a thread of its own, pausing `pause` after each; returns their
-/// contents. Panics if the connection ends first or it takes over a minute.
-fn read_in_thread(
-    mut c: Client,
-    who: &'static str,
-    n: usize,
-    pause: Duration,
-) -> std::thread::JoinHandle<Vec<String>> {
-    std::thread::spawn(move || {
-        let mut contents = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while contents.len() < n {
-            assert!(
-                Instant::now() < deadline,
-                "{who} read only {} of {n}",
-                contents.len()
-            );
-            match c.next_frame_until(Instant::now() + Duration::from_secs(10)) {
-                Some(Frame::Text(v)) if v["type"] == "chat:message" => {
-                    let text = v["payload"]["message"]["content"].as_str().unwrap_or("");
-                    contents.push(text.to_string());
-                    std::thread::sleep(pause);
-                }
-                Some(Frame::Text(_)) | Some(Frame::Ping) | Some(Frame::Pong) => {}
-                other => panic!(
-                    "{who}'s connection ended after {}: {other:?}",
-                    contents.len()
-                ),
-            }
-        }
-        contents
-    })
-}
-
-/// `name{...} value` summed over every series of `name` in a /metrics text.
-fn metric_sum(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[test]
 fn a_client_that_reads_nothing_is_closed_by_the_stall_rule_and_recovers_with_history() {
     let (store, alice, bob) = world();
@@ -120,11 +77,9 @@ fn a_client_that_reads_nothing_is_closed_by_the_stall_rule_and_recovers_with_his
         panic!("bob was never closed by the stall rule after {sent} messages of 60 KB")
     });
     eprintln!("bob closed by the stall rule after {sent} messages, {took:?}");
-    let logs = server.logs().join("\n");
-    assert!(
-        logs.contains("Slow consumer closed: stalled") && logs.contains("\"userId\":\"bob\""),
-        "{logs}"
-    );
+    server.wait_log("saying bob was closed as stalled", |l| {
+        l.contains("Slow consumer closed: stalled") && l.contains("\"userId\":\"bob\"")
+    });
     let metrics = http_get(server.port, "/metrics").1;
     assert!(
         metrics.contains(r#"socket_server_server_closes_total{code="4009"} 1"#),
@@ -230,18 +185,6 @@ fn a_slow_steady_reader_outlives_the_stall_rule_and_the_idle_timeout() {
     );
 }
 
-/// A socket with a tiny receive buffer that completes the handshake as `token` and then never
-/// reads.
-fn stuck_client(port: u16, token: &str) -> TcpStream {
-    raw_handshake_on(
-        tcp_with_rcvbuf(port, 4096),
-        port,
-        &format!("/?token={}", urlencode(token)),
-        b"",
-    )
-    .0
-}
-
 #[test]
 fn over_the_worker_budget_the_stuck_backlogs_are_shed_and_the_steady_reader_kept() {
     let store = TestStore::new();
@@ -282,14 +225,12 @@ fn over_the_worker_budget_the_stuck_backlogs_are_shed_and_the_steady_reader_kept
         metric_sum(&metrics, "socket_server_slow_consumer_closes_total"),
         0.0
     );
-    let logs = server.logs().join("\n");
+    let mut logs = String::new();
     for who in ["stuck0", "stuck1"] {
-        assert!(
-            logs.lines().any(
-                |l| l.contains("OUTBOX_BUDGET") && l.contains(&format!("\"userId\":\"{who}\""))
-            ),
-            "{who} shed: {logs}"
-        );
+        let user = format!("\"userId\":\"{who}\"");
+        logs = server.wait_log(&format!("saying {who} was shed"), |l| {
+            l.contains("OUTBOX_BUDGET") && l.contains(&user)
+        });
     }
     assert!(!logs
         .lines()

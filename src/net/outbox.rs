@@ -1,19 +1,25 @@
 //! A connection's outgoing bytes.
 //!
-//! Everything queued for a socket during one pass of the event loop is appended to one buffer
-//! and leaves in one write: the writer task is woken once, runs after the tasks that queued, and
-//! takes the whole buffer (uWebSockets' "cork"). Frames arrive already encoded (a room event is
-//! encoded once for all its recipients), so queuing is a `memcpy`.
+//! Everything queued for a socket during one pass of the event loop leaves in one write: the
+//! writer task is woken once, runs after the tasks that queued, and takes the whole queue
+//! (uWebSockets' "cork"). Frames arrive already encoded (a room event is encoded once for all
+//! its recipients). While a connection keeps up (less than one write chunk queued) a frame is
+//! copied into the queue's tail, a `memcpy`; once it is behind, further room events are held
+//! by reference ([`Outbox::push_event`]), so a burst that many slow readers hold costs its
+//! distinct bytes once, not once per reader. A backlog leaves in vectored writes of at most
+//! [`WRITE_CHUNK`] bytes, copying nothing.
 //!
-//! The queue is capped at `cap` bytes (`MAX_OUTBOX_BYTES`). [`Class::Volatile`] frames (typing,
-//! presence, pings) are dropped once half the cap is used, so they never push reliable ones
-//! out. A [`Class::Reliable`] frame (messages, receipts, replies) that would exceed the cap
-//! marks the client a slow consumer: the unsent queue is discarded, a close 4009 is queued in
-//! its place, and the connection ends. So a client that stops reading holds at most `cap`
-//! bytes of server memory here (plus the one write in flight) and never slows anyone else.
-//! Every outbox of a worker adds to one thread-local total ([`queued_here`]), which the
-//! worker keeps under `OUTBOX_BUDGET` by shedding connections; and a connection whose socket
-//! accepts nothing while bytes wait is found by the stall rule ([`Outbox::look`]).
+//! The queue is capped at `cap` bytes (`MAX_OUTBOX_BYTES`), counted as if every frame were
+//! this connection's own. [`Class::Volatile`] frames (typing, presence, pings) are dropped
+//! once half the cap is used, so they never push reliable ones out. A [`Class::Reliable`]
+//! frame (messages, receipts, replies) that would exceed the cap marks the client a slow
+//! consumer: the unsent queue is discarded, a close 4009 is queued in its place, and the
+//! connection ends. So a client that stops reading holds at most `cap` bytes of server memory
+//! here (plus the one write in flight) and never slows anyone else. Every outbox of a worker
+//! adds to one thread-local total ([`queued_here`]), counted the same way (an upper bound on
+//! the memory, which shared frames make smaller), which the worker keeps under
+//! `OUTBOX_BUDGET` by shedding connections; and a connection whose socket accepts nothing
+//! while bytes wait is found by the stall rule ([`Outbox::look`]).
 //!
 //! States: open → closing (a close frame is queued; nothing more is accepted; the writer sends
 //! what is queued, then shuts the socket's write side) → done. Closing also wakes the reader,
@@ -22,10 +28,12 @@
 //! has a single waker slot: exactly one writer task and one reader task wait here.
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::future::poll_fn;
+use std::io::IoSlice;
 use std::task::{Poll, Waker};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use tokio::io::AsyncWriteExt;
 
 use super::split::WriteHalf;
@@ -36,8 +44,11 @@ use crate::protocol::CloseCode;
 /// First allocation of an outbox that receives a frame.
 const INITIAL_CAPACITY: usize = 512;
 /// Largest single write: a long backlog leaves in bounded steps, so the stall rule sees its
-/// progress as it goes.
-const WRITE_CHUNK: usize = 256 * 1024;
+/// progress as it goes. Also how far behind a connection may be before room events are held
+/// by reference rather than copied.
+pub const WRITE_CHUNK: usize = 256 * 1024;
+/// Most frames gathered into one vectored write.
+const MAX_SLICES: usize = 64;
 
 thread_local! {
     /// Bytes queued (or being written) in every outbox of this thread, i.e. of one worker:
@@ -78,10 +89,73 @@ pub enum Pushed {
     Overflow,
 }
 
+/// Frames held by reference (shared with other outboxes), oldest first. Boxed: only a
+/// connection that fell behind has them, and idle connections must stay small.
+#[derive(Default)]
+struct Held {
+    parts: VecDeque<Bytes>,
+    /// Bytes in `parts`.
+    len: usize,
+}
+
+/// The queued bytes, in order: `held` frames first, then the copied `tail`.
+#[derive(Default)]
+struct Queue {
+    held: Option<Box<Held>>,
+    /// Frames copied in after `held`.
+    tail: Vec<u8>,
+}
+
+impl Queue {
+    fn len(&self) -> usize {
+        self.held.as_ref().map_or(0, |h| h.len) + self.tail.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.held.is_none() && self.tail.is_empty()
+    }
+
+    fn copy_in(&mut self, frame: &[u8]) {
+        if self.tail.capacity() == 0 {
+            // Idle outboxes hold no allocation; start with room for a few frames.
+            self.tail.reserve(frame.len().max(INITIAL_CAPACITY));
+        }
+        self.tail.extend_from_slice(frame);
+    }
+
+    fn hold(&mut self, frame: Bytes) {
+        self.held.get_or_insert_with(Box::default);
+        // What was copied so far goes first: keep the order.
+        self.seal_tail();
+        if let Some(held) = &mut self.held {
+            held.len += frame.len();
+            held.parts.push_back(frame);
+        }
+    }
+
+    /// Moves the copied tail to the end of `held` (no copy) if there is a `held`.
+    fn seal_tail(&mut self) {
+        if let Some(held) = &mut self.held {
+            if !self.tail.is_empty() {
+                let tail = Bytes::from(std::mem::take(&mut self.tail));
+                held.len += tail.len();
+                held.parts.push_back(tail);
+            }
+        }
+    }
+
+    /// Empties the queue, freeing its memory; returns how many bytes it held.
+    fn clear(&mut self) -> usize {
+        let n = self.len();
+        *self = Queue::default();
+        n
+    }
+}
+
 /// Outgoing bytes of one connection.
 pub struct Outbox {
     cap: usize,
-    buf: RefCell<Vec<u8>>,
+    queue: RefCell<Queue>,
     closing: Cell<bool>,
     interrupted: Cell<bool>,
     aborted: Cell<bool>,
@@ -92,13 +166,15 @@ pub struct Outbox {
     written: Cell<u32>,
     /// Whether the writer holds bytes it has not finished writing.
     writing: Cell<bool>,
+    /// Bytes the writer took from the queue and has not written yet (they count for the cap).
+    in_flight: Cell<usize>,
     /// The stall rule's state, advanced by [`Outbox::look`].
     watch: Cell<StallWatch>,
 }
 
 impl Drop for Outbox {
     fn drop(&mut self) {
-        queued_sub(self.buf.get_mut().len());
+        queued_sub(self.queue.get_mut().len());
     }
 }
 
@@ -107,7 +183,7 @@ impl Outbox {
     pub fn new(cap: usize) -> Self {
         Self {
             cap,
-            buf: RefCell::default(),
+            queue: RefCell::default(),
             closing: Cell::new(false),
             interrupted: Cell::new(false),
             aborted: Cell::new(false),
@@ -116,6 +192,7 @@ impl Outbox {
             reader: Cell::new(None),
             written: Cell::new(0),
             writing: Cell::new(false),
+            in_flight: Cell::new(0),
             watch: Cell::new(StallWatch::default()),
         }
     }
@@ -123,29 +200,50 @@ impl Outbox {
     /// One look of the stall rule (see `core::stall`): has the socket accepted bytes since
     /// the last look, and is anything waiting?
     pub fn look(&self) -> Look {
-        let pending = self.writing.get() || !self.buf.borrow().is_empty();
+        let pending = self.writing.get() || !self.queue.borrow().is_empty();
         let mut watch = self.watch.get();
         let look = watch.look(self.written.get(), pending);
         self.watch.set(watch);
         look
     }
 
-    /// Queues an encoded frame of the given class.
+    /// Queues a copy of an encoded frame of the given class.
     pub fn push_class(&self, frame: &[u8], class: Class) -> Pushed {
+        self.push_with(frame.len(), class, |q, _| q.copy_in(frame))
+    }
+
+    /// Queues a room event's frame, shared with its other recipients: copied while this
+    /// connection keeps up (cheaper than counting a reference), held by reference once it is
+    /// a write chunk behind.
+    pub fn push_event(&self, frame: &Bytes, class: Class) -> Pushed {
+        self.push_with(frame.len(), class, |q, pending| {
+            if pending < WRITE_CHUNK {
+                q.copy_in(frame)
+            } else {
+                q.hold(frame.clone())
+            }
+        })
+    }
+
+    /// The cap and class rules, then `add` (which queues exactly `len` bytes; it is told how
+    /// many are pending already).
+    fn push_with(&self, len: usize, class: Class, add: impl FnOnce(&mut Queue, usize)) -> Pushed {
         if self.closing.get() {
             return Pushed::Dropped;
         }
-        let mut buf = self.buf.borrow_mut();
-        let after = buf.len() + frame.len();
+        let mut queue = self.queue.borrow_mut();
+        let pending = queue.len() + self.in_flight.get();
+        let after = pending + len;
         match class {
             Class::Volatile if after > self.cap / 2 => return Pushed::Dropped,
             Class::Reliable if after > self.cap => {
                 // Slow consumer: what is queued will not be read in time; replace it with
                 // the close frame and let the connection end.
-                queued_sub(buf.len());
-                *buf = close_frame(CloseCode::SlowConsumer).to_vec();
-                queued_add(buf.len());
-                drop(buf);
+                queued_sub(queue.clear());
+                let close = close_frame(CloseCode::SlowConsumer);
+                queue.copy_in(&close);
+                queued_add(close.len());
+                drop(queue);
                 self.closing.set(true);
                 self.wake_writer();
                 self.wake_reader();
@@ -153,13 +251,12 @@ impl Outbox {
             }
             _ => {}
         }
-        if buf.capacity() == 0 {
-            // Idle outboxes hold no allocation; start with room for a few frames.
-            buf.reserve(frame.len().max(INITIAL_CAPACITY));
+        if len == 0 {
+            return Pushed::Queued;
         }
-        buf.extend_from_slice(frame);
-        queued_add(frame.len());
-        drop(buf);
+        add(&mut queue, pending);
+        queued_add(len);
+        drop(queue);
         self.wake_writer();
         Pushed::Queued
     }
@@ -179,7 +276,7 @@ impl Outbox {
         if self.closing.replace(true) {
             return;
         }
-        self.buf.borrow_mut().extend_from_slice(frame);
+        self.queue.borrow_mut().copy_in(frame);
         queued_add(frame.len());
         self.wake_writer();
         self.wake_reader();
@@ -194,8 +291,7 @@ impl Outbox {
     /// Drops everything queued now (the memory is freed at once) and aborts the writer: the
     /// budget sheds a connection this way.
     pub fn discard(&self) {
-        let dropped = std::mem::take(&mut *self.buf.borrow_mut());
-        queued_sub(dropped.len());
+        queued_sub(self.queue.borrow_mut().clear());
         self.abort();
     }
 
@@ -217,9 +313,9 @@ impl Outbox {
         self.closing.get()
     }
 
-    /// Bytes waiting to be written.
+    /// Bytes waiting to be written, including those of the write in progress.
     pub fn queued(&self) -> usize {
-        self.buf.borrow().len()
+        self.queue.borrow().len() + self.in_flight.get()
     }
 
     /// Completes once the outbox is closing or interrupted. For the reader task only.
@@ -258,9 +354,14 @@ impl Outbox {
     /// Empties the queue as a writer would (benchmarks drive outboxes without sockets).
     #[doc(hidden)]
     pub fn take_for_bench(&self) -> Vec<u8> {
-        let taken = std::mem::take(&mut *self.buf.borrow_mut());
-        queued_sub(taken.len());
-        taken
+        let mut queue = self.queue.borrow_mut();
+        let mut out = Vec::with_capacity(queue.len());
+        for part in queue.held.iter().flat_map(|h| h.parts.iter()) {
+            out.extend_from_slice(part);
+        }
+        out.extend_from_slice(&queue.tail);
+        queued_sub(queue.clear());
+        out
     }
 
     fn wake_writer(&self) {
@@ -280,6 +381,14 @@ impl Outbox {
         .await
     }
 
+    /// Counts `n` bytes the socket accepted.
+    fn progress(&self, n: usize) {
+        // Only change matters to the stall rule: wrapping keeps the counter small.
+        self.written.set(self.written.get().wrapping_add(n as u32));
+        self.in_flight.set(self.in_flight.get().saturating_sub(n));
+        queued_sub(n);
+    }
+
     /// Writes all of `data` in steps of at most [`WRITE_CHUNK`], counting what the socket
     /// accepts as it goes.
     async fn write_counted(&self, socket: &mut WriteHalf, mut data: &[u8]) -> std::io::Result<()> {
@@ -288,20 +397,63 @@ impl Outbox {
             if n == 0 {
                 return Err(std::io::ErrorKind::WriteZero.into());
             }
-            // Only change matters to the stall rule: wrapping keeps the counter small.
-            self.written.set(self.written.get().wrapping_add(n as u32));
-            queued_sub(n);
+            self.progress(n);
             data = &data[n..];
+        }
+        Ok(())
+    }
+
+    /// Writes every part of `parts` in vectored steps of at most [`WRITE_CHUNK`] bytes and
+    /// [`MAX_SLICES`] parts, dropping each part once written.
+    async fn write_parts(
+        &self,
+        socket: &mut WriteHalf,
+        parts: &mut VecDeque<Bytes>,
+    ) -> std::io::Result<()> {
+        while !parts.is_empty() {
+            let n = {
+                let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+                let (mut count, mut total) = (0, 0);
+                for part in parts.iter().take(MAX_SLICES) {
+                    if total >= WRITE_CHUNK {
+                        break;
+                    }
+                    let take = part.len().min(WRITE_CHUNK - total);
+                    slices[count] = IoSlice::new(&part[..take]);
+                    count += 1;
+                    total += take;
+                }
+                socket.write_vectored(&slices[..count]).await?
+            };
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            self.progress(n);
+            let mut left = n;
+            while left > 0 {
+                let Some(front) = parts.front_mut() else {
+                    break;
+                };
+                if front.len() <= left {
+                    left -= front.len();
+                    parts.pop_front();
+                } else {
+                    front.advance(left);
+                    left = 0;
+                }
+            }
         }
         Ok(())
     }
 
     /// The writer task: sends queued bytes until closing and drained, a write fails, or abort.
     pub async fn run_writer(&self, mut socket: WriteHalf) {
+        // What is being written: copied bytes (the common case: one buffer, one write) or,
+        // for a connection that fell behind, the held parts.
         let mut spare = Vec::new();
         loop {
             poll_fn(|cx| {
-                if !self.buf.borrow().is_empty() || self.closing.get() {
+                if !self.queue.borrow().is_empty() || self.closing.get() {
                     Poll::Ready(())
                 } else {
                     self.writer.set(Some(cx.waker().clone()));
@@ -312,19 +464,29 @@ impl Outbox {
             if self.aborted.get() {
                 break;
             }
-            std::mem::swap(&mut *self.buf.borrow_mut(), &mut spare);
-            if !spare.is_empty() {
+            let held = {
+                let mut queue = self.queue.borrow_mut();
+                self.in_flight.set(queue.len());
+                queue.seal_tail();
+                std::mem::swap(&mut queue.tail, &mut spare);
+                queue.held.take()
+            };
+            if self.in_flight.get() > 0 {
                 self.writing.set(true);
-                let before = self.written.get();
                 let written = monoio::select! {
-                    r = self.write_counted(&mut socket, &spare) => r.is_ok(),
+                    r = async {
+                        self.write_counted(&mut socket, &spare).await?;
+                        match held {
+                            Some(mut held) => self.write_parts(&mut socket, &mut held.parts).await,
+                            None => Ok(()),
+                        }
+                    } => r.is_ok(),
                     _ = self.abort_signal() => false,
                 };
                 self.writing.set(false);
                 if !written {
-                    // What was not written leaves the budget with this buffer.
-                    let sent = self.written.get().wrapping_sub(before) as usize;
-                    queued_sub(spare.len().saturating_sub(sent));
+                    // What was not written leaves the budget with these buffers.
+                    queued_sub(self.in_flight.replace(0));
                     // The peer is gone (or never reads): stop accepting frames and let the
                     // reader finish.
                     self.closing.set(true);
@@ -332,14 +494,14 @@ impl Outbox {
                     break;
                 }
                 spare.clear();
-                let mut queued = self.buf.borrow_mut();
+                let mut queued = self.queue.borrow_mut();
                 if queued.is_empty() {
                     // Going idle: keep no buffers (idle connections must stay small).
                     spare = Vec::new();
-                    *queued = Vec::new();
+                    *queued = Queue::default();
                 }
             }
-            if self.closing.get() && self.buf.borrow().is_empty() {
+            if self.closing.get() && self.queue.borrow().is_empty() {
                 let _ = socket.shutdown().await;
                 break;
             }
@@ -398,6 +560,53 @@ mod tests {
         assert!(c.push(&[0; 70]));
         drop(c);
         assert_eq!(queued_here(), base, "a dropped outbox leaves the total");
+    }
+
+    #[test]
+    fn a_connection_behind_holds_room_events_by_reference_in_order() {
+        let o = Outbox::new(64 << 20);
+        let copied = Bytes::from(vec![1u8; WRITE_CHUNK - 10]);
+        assert_eq!(o.push_event(&copied, Class::Reliable), Pushed::Queued);
+        // Still under one chunk behind: copied.
+        assert!(o.queue.borrow().held.is_none());
+        let second = Bytes::from(vec![2u8; 4096]);
+        let third = Bytes::from(vec![3u8; 4096]);
+        assert_eq!(o.push_event(&second, Class::Reliable), Pushed::Queued);
+        // Now behind: the next event is the caller's bytes, not a copy.
+        assert_eq!(o.push_event(&third, Class::Reliable), Pushed::Queued);
+        assert!(o.push(b"reply"));
+        {
+            let queue = o.queue.borrow();
+            let held = queue.held.as_ref().expect("held parts");
+            assert_eq!(held.parts.back().map(|p| p.as_ptr()), Some(third.as_ptr()));
+            assert!(
+                queue.tail == b"reply",
+                "the tail was sealed before the held frame"
+            );
+        }
+        assert_eq!(o.queued(), copied.len() + 8192 + 5);
+        let mut want = copied.to_vec();
+        want.extend_from_slice(&second);
+        want.extend_from_slice(&third);
+        want.extend_from_slice(b"reply");
+        assert!(
+            o.take_for_bench() == want,
+            "one order across copied and held frames"
+        );
+    }
+
+    #[test]
+    fn held_frames_count_for_the_cap_like_copies() {
+        let o = Outbox::new(WRITE_CHUNK + 1000);
+        assert!(o.push(&vec![0; WRITE_CHUNK]));
+        let frame = Bytes::from(vec![1u8; 600]);
+        assert_eq!(o.push_event(&frame, Class::Reliable), Pushed::Queued);
+        assert_eq!(o.push_event(&frame, Class::Volatile), Pushed::Dropped);
+        assert_eq!(o.push_event(&frame, Class::Reliable), Pushed::Overflow);
+        assert_eq!(
+            o.take_for_bench(),
+            close_frame(CloseCode::SlowConsumer).to_vec()
+        );
     }
 
     #[test]

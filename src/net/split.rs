@@ -126,6 +126,17 @@ impl AsyncWrite for WriteHalf {
         let mut s = self.stream.borrow_mut();
         Pin::new(&mut *s).poll_write(cx, buf)
     }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let mut s = self.stream.borrow_mut();
+        Pin::new(&mut *s).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut s = self.stream.borrow_mut();
         Pin::new(&mut *s).poll_flush(cx)

@@ -501,7 +501,7 @@ impl Worker {
         let (mut queued, mut dropped) = (0u64, 0u64);
         rooms.for_each_member(&event.rooms, exclude, &mut scratch, |slot| {
             let Some(c) = conns.get(slot) else { return };
-            match c.outbox.push_class(&event.frame, class) {
+            match c.outbox.push_event(&event.frame, class) {
                 Pushed::Queued => queued += 1,
                 Pushed::Dropped => dropped += 1,
                 Pushed::Overflow => {

@@ -15,8 +15,13 @@ use super::CloseCode;
 /// Bytes reserved in front of a payload for the largest server frame header (no mask).
 pub const FRAME_HEAD_GAP: usize = 10;
 
+/// Spare capacity above which a finished frame is copied into an allocation of its own size.
+const MAX_FRAME_SLACK: usize = 1024;
+
 /// Turns `buf` (a [`FRAME_HEAD_GAP`]-byte gap followed by the payload) into a complete
-/// unmasked final frame, writing the header into the tail of the gap.
+/// unmasked final frame, writing the header into the tail of the gap. A frame whose buffer
+/// grew by doubling is copied to its exact size: a frame may wait in many backlogs for long,
+/// and a 4.2 KB message in an 8 KB buffer would hold twice its memory there.
 pub fn finish_frame(mut buf: Vec<u8>, opcode: OpCode) -> Bytes {
     let len = buf.len() - FRAME_HEAD_GAP;
     let first = 0x80 | opcode as u8;
@@ -35,6 +40,9 @@ pub fn finish_frame(mut buf: Vec<u8>, opcode: OpCode) -> Bytes {
         buf[2..10].copy_from_slice(&(len as u64).to_be_bytes());
         0
     };
+    if buf.capacity() - buf.len() > MAX_FRAME_SLACK {
+        return Bytes::copy_from_slice(&buf[start..]);
+    }
     Bytes::from(buf).slice(start..)
 }
 

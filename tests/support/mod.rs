@@ -356,6 +356,25 @@ impl Server {
         self.lines.lock().unwrap().clone()
     }
 
+    /// Waits (up to 10 s) for a log line for which `pred` holds and returns all lines so far
+    /// joined; panics naming `what` if none comes. Log lines reach stdout after the event
+    /// they describe (and after its metrics), so a test that saw a metric waits here.
+    pub fn wait_log(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let logs = self.logs();
+            if logs.iter().any(|l| pred(l)) {
+                return logs.join("\n");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line {what}: {}",
+                logs.join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The stderr lines collected so far.
     pub fn stderr_lines(&self) -> Vec<String> {
         self.err_lines.lock().unwrap().clone()
@@ -1164,4 +1183,76 @@ pub fn presence_of(frames: &[Value], user: &str) -> Vec<bool> {
         .filter(|v| v["type"] == "user:online" && v["payload"]["userId"] == user)
         .map(|v| v["payload"]["online"].as_bool().expect("online bool"))
         .collect()
+}
+
+/// Reads `n` chat messages on a thread of its own, pausing `pause` after each; returns their
+/// contents. Panics if the connection ends first or it takes over a minute.
+pub fn read_in_thread(
+    mut c: Client,
+    who: &'static str,
+    n: usize,
+    pause: Duration,
+) -> std::thread::JoinHandle<Vec<String>> {
+    std::thread::spawn(move || {
+        let mut contents = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while contents.len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "{who} read only {} of {n}",
+                contents.len()
+            );
+            match c.next_frame_until(Instant::now() + Duration::from_secs(10)) {
+                Some(Frame::Text(v)) if v["type"] == "chat:message" => {
+                    let text = v["payload"]["message"]["content"].as_str().unwrap_or("");
+                    contents.push(text.to_string());
+                    std::thread::sleep(pause);
+                }
+                Some(Frame::Text(_)) | Some(Frame::Ping) | Some(Frame::Pong) => {}
+                other => panic!(
+                    "{who}'s connection ended after {}: {other:?}",
+                    contents.len()
+                ),
+            }
+        }
+        contents
+    })
+}
+
+/// `name{...} value` summed over every series of `name` in a /metrics text.
+pub fn metric_sum(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A socket with a tiny receive buffer that completes the handshake as `token` and then never
+/// reads.
+pub fn stuck_client(port: u16, token: &str) -> TcpStream {
+    raw_handshake_on(
+        tcp_with_rcvbuf(port, 4096),
+        port,
+        &format!("/?token={}", urlencode(token)),
+        b"",
+    )
+    .0
+}
+
+/// `field` (in kB) of `/proc/<pid>/status`, in bytes.
+pub fn proc_status_bytes(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .map(|kb: u64| kb * 1024)
+        .unwrap_or_else(|| panic!("no {field} in {status}"))
 }
