@@ -286,6 +286,7 @@ fn serve(mut config: Config, huge_pages_off: bool) -> anyhow::Result<()> {
         metrics,
         liveness: socket_server::systemd::Liveness::new(workers),
         api_order: Default::default(),
+        pressure: Default::default(),
         config,
     });
     let handles = worker::start(shared.clone(), first, api_first)?;

@@ -20,6 +20,7 @@
 //! | `socket_server_budget_sheds_total` | worker | connections closed with 4009 to bring the worker's queues under `OUTBOX_BUDGET` |
 //! | `socket_server_queued_bytes` | worker | bytes waiting in the worker's connection queues (sampled at each stall-rule look) |
 //! | `socket_server_stall_closes_total` | worker | connections closed with 4009 by the stall rule (no progress for `STALL_TIMEOUT`) |
+//! | `socket_server_publisher_pauses_total` | worker | pauses in reading from a sender whose chat has a draining reader far behind (publisher back-pressure) |
 //! | `socket_server_errors_total` | code | error frames sent, by wire code |
 //! | `socket_server_backend_call_seconds` | worker, call | backend call latency histogram |
 //! | `socket_server_connections_refused_total` | reason | connections refused by the caps |
@@ -129,6 +130,7 @@ pub struct Metrics {
     stall_closes: Family<WorkerLabel, Counter>,
     queued_bytes: Family<WorkerLabel, Gauge>,
     budget_sheds: Family<WorkerLabel, Counter>,
+    publisher_pauses: Family<WorkerLabel, Counter>,
     errors: Family<CodeLabel, Counter>,
     backend: Family<WorkerCall, Histogram, fn() -> Histogram>,
     refused: Family<ReasonLabel, Counter>,
@@ -167,6 +169,7 @@ impl Metrics {
             stall_closes: Family::default(),
             queued_bytes: Family::default(),
             budget_sheds: Family::default(),
+            publisher_pauses: Family::default(),
             errors: Family::default(),
             backend: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             refused: Family::default(),
@@ -216,6 +219,11 @@ impl Metrics {
             "budget_sheds",
             "Connections closed (4009) to bring the worker's queues under OUTBOX_BUDGET",
             m.budget_sheds.clone(),
+        );
+        registry.register(
+            "publisher_pauses",
+            "Pauses in reading from a sender whose chat has a draining reader over a quarter of MAX_OUTBOX_BYTES behind",
+            m.publisher_pauses.clone(),
         );
         registry.register("errors", "Error frames sent, by code", m.errors.clone());
         registry.register(
@@ -291,6 +299,10 @@ impl Metrics {
                 .clone(),
             budget_sheds: self
                 .budget_sheds
+                .get_or_create(&WorkerLabel { worker: w.clone() })
+                .clone(),
+            publisher_pauses: self
+                .publisher_pauses
                 .get_or_create(&WorkerLabel { worker: w.clone() })
                 .clone(),
             backend: CALLS.map(|c| {
@@ -388,6 +400,8 @@ pub struct WorkerMetrics {
     pub queued_bytes: Gauge,
     /// Budget sheds.
     pub budget_sheds: Counter,
+    /// Publisher pauses.
+    pub publisher_pauses: Counter,
     /// Indexed like [`CALLS`].
     pub backend: [Histogram; 6],
 }

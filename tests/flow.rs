@@ -314,3 +314,77 @@ fn rounds_of_32_clients_by_200_messages_pass_with_default_limits() {
         "nobody closed as slow: {metrics}"
     );
 }
+
+#[test]
+fn a_sender_is_paced_to_a_draining_reader_on_another_worker_instead_of_the_reader_being_cut() {
+    // One sender bursts 12 MB into a chat; its one reader drains steadily but at a third of
+    // that speed, on the other worker. Without publisher back-pressure the reader's backlog
+    // passes the cap and it is closed (4009); with it, the sender is paused while the reader
+    // is over a quarter of the cap behind, and the reader gets everything. The cap is 4 MiB
+    // here (16 MiB by default) so that the test takes seconds, not tens of them.
+    let (store, alice, bob) = world();
+    let server = ServerBuilder::new(&store.path)
+        .env("WORKERS", "2")
+        .env("RATE_LIMIT", "0")
+        .env("MAX_MESSAGE_SIZE", "100000")
+        .env("MAX_OUTBOX_BYTES", (4 << 20).to_string())
+        .spawn();
+    // A small receive buffer, as a busy client's: the backlog waits in the server.
+    let mut reader = connect_with_rcvbuf(server.port, &bob, 16 * 1024);
+    reader.expect_type("connected");
+    std::thread::sleep(Duration::from_millis(100));
+    let reader_worker = connection_workers(&server, "bob")[0];
+    // Raw sender sockets until one sits on the other worker: it writes in one thread and
+    // throws its echoes away in another, so it never blocks on them.
+    let mut others = Vec::new();
+    let sender = loop {
+        let (s, _) = raw_handshake(server.port, &format!("/?token={}", urlencode(&alice)));
+        std::thread::sleep(Duration::from_millis(50));
+        let workers = connection_workers(&server, "alice");
+        if workers.last() != Some(&reader_worker) {
+            break s;
+        }
+        assert!(others.len() < 30, "30 connections of alice on bob's worker");
+        others.push(s);
+    };
+    drop(others);
+    let sender_worker = 1 - reader_worker;
+    let mut echoes = sender.try_clone().expect("clone");
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        while matches!(echoes.read(&mut buf), Ok(n) if n > 0) {}
+    });
+    const N: usize = 200; // 12 MB
+                          // ~3 MB/s, a fraction of what the sender and server manage.
+    let reader = read_in_thread(reader, "the reader", N, Duration::from_millis(20));
+    let mut out = &sender;
+    let started = Instant::now();
+    for i in 0..N {
+        let frame = masked_text_frame(
+            &json!({"type": "chat:message", "payload": {"chatId": "room", "content": big(i)}})
+                .to_string(),
+        );
+        std::io::Write::write_all(&mut out, &frame).expect("send");
+    }
+    eprintln!("sent in {:?}", started.elapsed());
+    let got = reader.join().expect("the reader was cut");
+    eprintln!("read in {:?}", started.elapsed());
+    assert!(
+        got == (0..N).map(big).collect::<Vec<_>>(),
+        "every message, in order"
+    );
+    let metrics = http_get(server.port, "/metrics").1;
+    assert!(!metrics.contains(r#"code="4009""#), "{metrics}");
+    let pauses = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("socket_server_publisher_pauses_total")
+                && l.contains(&format!("worker=\"{sender_worker}\""))
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(
+        pauses > 0.0,
+        "the sender's worker paused it for a reader on the other worker: {metrics}"
+    );
+}

@@ -10,6 +10,7 @@
 //! - [`presence`]: per-user connection counts, reporting only first-open and last-close.
 //! - [`typing`]: typing indicators with deadlines.
 //! - [`history`]: cutting a `chat:history` page to a byte budget from the right end.
+//! - [`pressure`]: which chats have readers behind, so their senders pause briefly.
 //! - [`rate`]: the per-connection message rate limit (token bucket).
 //! - [`stall`]: the stall rule (no progress while bytes wait), counted in looks.
 //! - [`session`]: one connection's rules — membership checks, rate-limited re-fetch of the
@@ -17,6 +18,7 @@
 
 pub mod history;
 pub mod presence;
+pub mod pressure;
 pub mod rate;
 pub mod room;
 pub mod session;

@@ -592,6 +592,7 @@ async fn handle(
                     .to_frame();
                     let room = chat_arc(conn, &m.chat_id);
                     worker.publish(vec![room], frame, None, EventKind::Message);
+                    worker.pace(&m.chat_id).await;
                 }
                 Err(e) => chat_backend_error(worker, conn, slot, token, &asked, &e).await,
             }
@@ -619,6 +620,7 @@ async fn handle(
                     }
                     .to_frame();
                     worker.publish(vec![chat_arc(conn, &chat_id)], frame, None, EventKind::Read);
+                    worker.pace(&chat_id).await;
                 }
                 Err(e) => chat_backend_error(worker, conn, slot, token, &chat_id, &e).await,
             }

@@ -19,7 +19,9 @@
 //! adds to one thread-local total ([`queued_here`]), counted the same way (an upper bound on
 //! the memory, which shared frames make smaller), which the worker keeps under
 //! `OUTBOX_BUDGET` by shedding connections; and a connection whose socket accepts nothing
-//! while bytes wait is found by the stall rule ([`Outbox::look`]).
+//! while bytes wait is found by the stall rule ([`Outbox::look`]). A connection over a
+//! quarter of its cap behind that is still draining asks for its senders to be slowed down
+//! ([`Outbox::pressing`], `core::pressure`).
 //!
 //! States: open → closing (a close frame is queued; nothing more is accepted; the writer sends
 //! what is queued, then shuts the socket's write side) → done. Closing also wakes the reader,
@@ -31,7 +33,9 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io::IoSlice;
+use std::sync::OnceLock;
 use std::task::{Poll, Waker};
+use std::time::Instant;
 
 use bytes::{Buf, Bytes};
 use tokio::io::AsyncWriteExt;
@@ -49,6 +53,19 @@ const INITIAL_CAPACITY: usize = 512;
 pub const WRITE_CHUNK: usize = 256 * 1024;
 /// Most frames gathered into one vectored write.
 const MAX_SLICES: usize = 64;
+/// A connection counts as draining for publisher back-pressure while its socket accepted
+/// bytes of a backlog this recently. Generous: Linux wakes a blocked writer only once a third
+/// of the socket's send buffer (up to 4 MB) is free, so a reader draining 1 MB/s shows
+/// progress about once a second.
+const DRAINING_WITHIN_MS: u32 = 2000;
+
+/// Milliseconds on a process-wide clock (wrapping): the unit of `core::pressure`, and of the
+/// backlog progress stamps here. Never 0, which means "never".
+pub fn now_ms() -> u32 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    (epoch.elapsed().as_millis() as u32).max(1)
+}
 
 thread_local! {
     /// Bytes queued (or being written) in every outbox of this thread, i.e. of one worker:
@@ -168,6 +185,8 @@ pub struct Outbox {
     writing: Cell<bool>,
     /// Bytes the writer took from the queue and has not written yet (they count for the cap).
     in_flight: Cell<usize>,
+    /// When the socket last accepted bytes of a backlog ([`now_ms`]; 0 = never).
+    drained_at: Cell<u32>,
     /// The stall rule's state, advanced by [`Outbox::look`].
     watch: Cell<StallWatch>,
 }
@@ -193,6 +212,7 @@ impl Outbox {
             written: Cell::new(0),
             writing: Cell::new(false),
             in_flight: Cell::new(0),
+            drained_at: Cell::new(0),
             watch: Cell::new(StallWatch::default()),
         }
     }
@@ -295,6 +315,18 @@ impl Outbox {
         self.abort();
     }
 
+    /// Whether this connection should slow down the senders of what it receives: over a
+    /// quarter of its cap behind, and its socket accepted backlog bytes in the last
+    /// [`DRAINING_WITHIN_MS`] (a reader that is not draining is left to the stall rule;
+    /// slowing senders for it would help nobody). Reads the clock only when behind.
+    pub fn pressing(&self) -> bool {
+        if !self.behind() {
+            return false;
+        }
+        let at = self.drained_at.get();
+        at != 0 && now_ms().wrapping_sub(at) < DRAINING_WITHIN_MS
+    }
+
     /// Whether the connection counts as draining (see `core::stall::StallWatch::draining`).
     pub fn draining(&self) -> bool {
         self.watch.get().draining(self.written.get())
@@ -387,6 +419,15 @@ impl Outbox {
         self.written.set(self.written.get().wrapping_add(n as u32));
         self.in_flight.set(self.in_flight.get().saturating_sub(n));
         queued_sub(n);
+        if self.behind() {
+            // Only far behind: then a clock read per write is cheap next to the write.
+            self.drained_at.set(now_ms());
+        }
+    }
+
+    /// Over a quarter of the cap queued: far enough behind to slow down senders.
+    fn behind(&self) -> bool {
+        self.queued() > self.cap / 4
     }
 
     /// Writes all of `data` in steps of at most [`WRITE_CHUNK`], counting what the socket
@@ -606,6 +647,27 @@ mod tests {
         assert_eq!(
             o.take_for_bench(),
             close_frame(CloseCode::SlowConsumer).to_vec()
+        );
+    }
+
+    #[test]
+    fn only_a_backlog_that_drains_presses_its_senders() {
+        let o = Outbox::new(4000);
+        assert!(o.push(&[0; 900]));
+        o.progress(0);
+        assert!(!o.pressing(), "under a quarter of the cap");
+        assert!(o.push(&[0; 200]));
+        assert!(
+            !o.pressing(),
+            "behind, but its socket never accepted backlog bytes"
+        );
+        o.progress(10);
+        assert!(o.pressing(), "behind and draining");
+        o.drained_at
+            .set(now_ms().wrapping_sub(DRAINING_WITHIN_MS + 1).max(1));
+        assert!(
+            !o.pressing(),
+            "behind, but no progress lately: the stall rule's case"
         );
     }
 

@@ -26,12 +26,13 @@ use slab::Slab;
 
 use super::connection;
 use super::mailbox::{Bus, ConnRef, Envelope, EventKind, Mailbox, RoomEvent};
-use super::outbox::{Class, Outbox, Pushed};
+use super::outbox::{now_ms, Class, Outbox, Pushed};
 use crate::api::{Action, ApiError, Outcome};
 use crate::backend::Backend;
 use crate::config::Config;
 use crate::config::CLOSE_GRACE;
 use crate::core::presence::{owner_of, Presence};
+use crate::core::pressure::Pressure;
 use crate::core::room::Rooms;
 use crate::core::session::{Heartbeat, Session, User};
 use crate::core::stall::Look;
@@ -85,6 +86,8 @@ pub struct Shared {
     pub liveness: Liveness,
     /// Held while a server API request is posted to every mailbox (see [`Worker::api`]).
     pub api_order: Mutex<()>,
+    /// Which chats have a draining reader far behind (publisher back-pressure, all workers).
+    pub pressure: Pressure,
 }
 
 /// Process-wide connection counts. Touched on connect and disconnect only, never per message.
@@ -499,10 +502,14 @@ impl Worker {
         let rooms = self.rooms.borrow();
         let mut scratch = self.scratch.borrow_mut();
         let (mut queued, mut dropped) = (0u64, 0u64);
+        let mut pressed = false;
         rooms.for_each_member(&event.rooms, exclude, &mut scratch, |slot| {
             let Some(c) = conns.get(slot) else { return };
             match c.outbox.push_event(&event.frame, class) {
-                Pushed::Queued => queued += 1,
+                Pushed::Queued => {
+                    queued += 1;
+                    pressed = pressed || (class == Class::Reliable && c.outbox.pressing());
+                }
                 Pushed::Dropped => dropped += 1,
                 Pushed::Overflow => {
                     self.metrics.slow_consumers.inc();
@@ -516,10 +523,26 @@ impl Worker {
             self.metrics.dropped.inc_by(dropped);
         }
         drop((conns, rooms, scratch));
+        if pressed {
+            let now = now_ms();
+            for room in &event.rooms {
+                self.shared.pressure.mark(room, now);
+            }
+        }
         if super::outbox::queued_here() > self.config().outbox_budget {
             self.shed();
         }
         queued as usize
+    }
+
+    /// Publisher back-pressure (`core::pressure`): called by a connection's reader after it
+    /// published to `chat`; pauses reading from that sender briefly while a reader of the
+    /// chat, on any worker, is draining a long backlog.
+    pub async fn pace(&self, chat: &str) {
+        if let Some(pause) = self.shared.pressure.pause(chat, now_ms) {
+            self.metrics.publisher_pauses.inc();
+            monoio::time::sleep(pause).await;
+        }
     }
 
     /// Brings this worker's queues back under 90% of `OUTBOX_BUDGET` by closing connections
