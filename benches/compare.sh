@@ -2,7 +2,7 @@
 # Reproduces every number in BENCHMARKS.md: socket-server side by side with the Bun reference
 # peer (../shared/bench/bun-peer/server.ts), same load generator, same machine, same run.
 #
-#   benches/compare.sh                 # 3 runs of every scenario (about 12 minutes)
+#   benches/compare.sh                 # 3 runs of every scenario (about 14 minutes)
 #   RUNS=5 benches/compare.sh          # more runs
 #   SCENARIOS="chat_w1 chat_w16" benches/compare.sh
 #
@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 RUNS="${RUNS:-3}"
-SCENARIOS="${SCENARIOS:-chat_w1 chat_w16 latency_100k connections_15k storm_5k}"
+SCENARIOS="${SCENARIOS:-chat_w1 chat_w16 chat_rounds latency_100k connections_15k storm_5k}"
 OTHER_MAX="${OTHER_MAX:-0.10}"
 OUT="$ROOT/target/bench-results"
 BUN_DIR="${BUN_DIR:-$HOME/.cache/socket-server-bench/bun}"
@@ -60,6 +60,8 @@ scenario_args() {
   case "$1" in
     chat_w1) echo "chat --clients 32 --duration 10s --warmup 2s --window 1" ;;
     chat_w16) echo "chat --clients 32 --duration 10s --warmup 2s --window 16" ;;
+    # The Bun peer's own rule: every client sends 200 at once, then waits for the round.
+    chat_rounds) echo "chat --clients 32 --duration 10s --warmup 2s --round-size 200" ;;
     latency_100k) echo "latency --clients 32 --senders 4 --rate 3125 --duration 10s --warmup 2s" ;;
     connections_15k) echo "connections --count 15000 --settle 3s" ;;
     storm_5k) echo "storm --count 5000" ;;

@@ -56,7 +56,8 @@ def fmt(values):
     return f"{f(med)} ({f(lo)}–{f(hi)})"
 
 
-scenarios = sorted({s for s, _ in runs}, key=lambda s: ["chat_w1", "chat_w16", "latency_100k", "connections_15k", "storm_5k"].index(s) if s in ["chat_w1", "chat_w16", "latency_100k", "connections_15k", "storm_5k"] else 99)
+ORDER = ["chat_w1", "chat_w16", "chat_rounds", "latency_100k", "connections_15k", "storm_5k"]
+scenarios = sorted({s for s, _ in runs}, key=lambda s: ORDER.index(s) if s in ORDER else 99)
 print("Median (min–max) over runs; socket-server vs the Bun peer in the same run.\n")
 for scenario in scenarios:
     ss = [metrics(scenario, d) for d in runs.get((scenario, "socket-server"), [])]

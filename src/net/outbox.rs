@@ -4,9 +4,9 @@
 //! writer task is woken once, runs after the tasks that queued, and takes the whole queue
 //! (uWebSockets' "cork"). Frames arrive already encoded (a room event is encoded once for all
 //! its recipients). While a connection keeps up (less than one write chunk queued) a frame is
-//! copied into the queue's tail, a `memcpy`; once it is behind, further room events are held
-//! by reference ([`Outbox::push_event`]), so a burst that many slow readers hold costs its
-//! distinct bytes once, not once per reader. A backlog leaves in vectored writes of at most
+//! copied into the queue's tail, a `memcpy`; once it is behind, further room events of 1 KiB
+//! or more are held by reference ([`Outbox::push_event`]), so a burst that many slow readers
+//! hold costs its distinct bytes once, not once per reader. A backlog leaves in vectored writes of at most
 //! [`WRITE_CHUNK`] bytes, copying nothing.
 //!
 //! The queue is capped at `cap` bytes (`MAX_OUTBOX_BYTES`), counted as if every frame were
@@ -51,6 +51,10 @@ const INITIAL_CAPACITY: usize = 512;
 /// progress as it goes. Also how far behind a connection may be before room events are held
 /// by reference rather than copied.
 pub const WRITE_CHUNK: usize = 256 * 1024;
+/// Smallest frame held by reference when behind: copying a short frame costs less CPU than
+/// counting a reference to it (two atomic operations and a 32-byte slot), and writing many
+/// short parts would take many more system calls than writing one copied run of them.
+const SHARE_MIN: usize = 1024;
 /// Most frames gathered into one vectored write.
 const MAX_SLICES: usize = 64;
 /// A connection counts as draining for publisher back-pressure while its socket accepted
@@ -234,10 +238,10 @@ impl Outbox {
 
     /// Queues a room event's frame, shared with its other recipients: copied while this
     /// connection keeps up (cheaper than counting a reference), held by reference once it is
-    /// a write chunk behind.
+    /// a write chunk behind, unless it is shorter than [`SHARE_MIN`].
     pub fn push_event(&self, frame: &Bytes, class: Class) -> Pushed {
         self.push_with(frame.len(), class, |q, pending| {
-            if pending < WRITE_CHUNK {
+            if pending < WRITE_CHUNK || frame.len() < SHARE_MIN {
                 q.copy_in(frame)
             } else {
                 q.hold(frame.clone())
@@ -637,11 +641,21 @@ mod tests {
     }
 
     #[test]
-    fn held_frames_count_for_the_cap_like_copies() {
-        let o = Outbox::new(WRITE_CHUNK + 1000);
+    fn short_frames_are_copied_even_when_behind() {
+        let o = Outbox::new(64 << 20);
         assert!(o.push(&vec![0; WRITE_CHUNK]));
-        let frame = Bytes::from(vec![1u8; 600]);
+        let short = Bytes::from(vec![1u8; SHARE_MIN - 1]);
+        assert_eq!(o.push_event(&short, Class::Reliable), Pushed::Queued);
+        assert!(o.queue.borrow().held.is_none());
+    }
+
+    #[test]
+    fn held_frames_count_for_the_cap_like_copies() {
+        let o = Outbox::new(WRITE_CHUNK + 3000);
+        assert!(o.push(&vec![0; WRITE_CHUNK]));
+        let frame = Bytes::from(vec![1u8; 2000]);
         assert_eq!(o.push_event(&frame, Class::Reliable), Pushed::Queued);
+        assert!(o.queue.borrow().held.is_some());
         assert_eq!(o.push_event(&frame, Class::Volatile), Pushed::Dropped);
         assert_eq!(o.push_event(&frame, Class::Reliable), Pushed::Overflow);
         assert_eq!(
