@@ -522,7 +522,11 @@ impl Outbox {
                     r = async {
                         self.write_counted(&mut socket, &spare).await?;
                         match held {
-                            Some(mut held) => self.write_parts(&mut socket, &mut held.parts).await,
+                            // Boxed: its 64 slices would otherwise make every connection's
+                            // writer task 1 KiB larger, idle or not.
+                            Some(mut held) => {
+                                Box::pin(self.write_parts(&mut socket, &mut held.parts)).await
+                            }
                             None => Ok(()),
                         }
                     } => r.is_ok(),
