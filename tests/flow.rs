@@ -243,8 +243,7 @@ fn rounds_of_32_clients_by_200_messages_pass_with_default_limits() {
     // (tokens t0..t31 in chat c0; its rate limit is off: it is about abuse, not flow), so the
     // server delivers as fast as it can: every client sends 200 at once, then reads the
     // round's 6,400, three rounds in a row. With the old 1 MiB cap every client was closed
-    // with 4009 here; now backlogs pass a quarter of the cap while draining, so publisher
-    // back-pressure is part of what this runs through.
+    // with 4009 here.
     let store = TestStore::new();
     let server = ServerBuilder::new(&store.path)
         .arg("--bench-fixture")
