@@ -85,6 +85,16 @@ pub const DEFAULT_RATE_LIMIT: u32 = 50;
 pub const DEFAULT_RATE_BURST: u32 = 100;
 /// Default retries of a failed REST call (idempotent calls, and POSTs with an idempotency key).
 pub const DEFAULT_BACKEND_RETRIES: u32 = 2;
+/// First retry backoff of a REST call; each further retry waits four times longer.
+pub const RETRY_BACKOFF: Duration = Duration::from_millis(50);
+
+/// The longest one REST call can take: every attempt timing out, plus the backoffs between
+/// them. The drain waits at least this long for calls in flight.
+pub fn longest_call(timeout: Duration, retries: u32) -> Duration {
+    let backoffs: Duration = (0..retries).map(|i| RETRY_BACKOFF * 4u32.pow(i)).sum();
+    timeout * (retries + 1) + backoffs
+}
+
 /// Default consecutive REST failures that open the circuit breaker.
 pub const DEFAULT_BREAKER_THRESHOLD: u32 = 5;
 /// Default time the breaker stays open before probing, in milliseconds.
@@ -606,10 +616,7 @@ impl Config {
     pub fn drain_wait(&self) -> Duration {
         let wait = self.shutdown_timeout();
         match self.http_api_url {
-            Some(_) => wait.max(crate::backend::rest::longest_call(
-                self.backend_timeout(),
-                self.backend_retries,
-            )),
+            Some(_) => wait.max(longest_call(self.backend_timeout(), self.backend_retries)),
             None => wait,
         }
     }
@@ -636,6 +643,14 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn longest_call_counts_every_attempt_and_backoff() {
+        let t = Duration::from_millis(5000);
+        assert_eq!(longest_call(t, 0), t);
+        // 3 attempts + 50 ms + 200 ms of backoff.
+        assert_eq!(longest_call(t, 2), Duration::from_millis(15_250));
+    }
     use clap::Parser;
 
     #[derive(Parser)]

@@ -16,12 +16,17 @@
 //!   listener, its connections, its rooms, and a mailbox for events from other workers.
 //! - [`api`]: the server API for the product's backend (deliver a message, add or remove a
 //!   chat member, disconnect a user, presence), as plain data; `net::api` serves it.
-//! - [`http`]: plain-HTTP requests served on the WebSocket port (health, readiness, demo page).
+//! - [`http`]: plain-HTTP requests served on the WebSocket port (health, readiness, demo page),
+//!   answered through its narrow `Health` trait.
+//!
+//! No module uses one above it: only `net` (and `main`) use the shell's peers, and `core` and
+//! `api` touch no sockets, threads, runtimes or clock; `tests/layers.rs` checks both.
 //!
 //! Guarantees: per connection, `chat:message` and `chat:read` are processed in arrival order;
 //! a room event is serialised once and shared by every delivery; workers share no lock on the
-//! message path. Not guaranteed: delivery to a connection whose socket is gone (there is no
-//! replay), and ordering between events published by different workers.
+//! message path. Not guaranteed: delivery to a connection whose socket is gone (a client
+//! recovers what it missed with `chat:history`), and ordering between events published by
+//! different workers.
 #![forbid(unsafe_code)]
 
 pub mod api;

@@ -284,7 +284,7 @@ fn serve(mut config: Config, huge_pages_off: bool) -> anyhow::Result<()> {
         settled: Default::default(),
         counts: Default::default(),
         metrics,
-        liveness: socket_server::systemd::Liveness::new(workers),
+        liveness: Arc::new(socket_server::systemd::Liveness::new(workers)),
         api_order: Default::default(),
         pressure: Default::default(),
         config,
@@ -297,9 +297,10 @@ fn serve(mut config: Config, huge_pages_off: bool) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    shutdown::install(shared.clone())?;
+    let stopper = shared.clone();
+    shutdown::install(move || stopper.shutdown())?;
     socket_server::systemd::ready();
-    socket_server::systemd::start_watchdog(shared.clone())?;
+    socket_server::systemd::start_watchdog(shared.liveness.clone())?;
     tracing::info!(
         host = %local.ip(),
         port = local.port(),

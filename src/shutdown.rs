@@ -3,21 +3,17 @@
 //! The handler runs on its own thread (signal-hook's iterator), so nothing async-signal-unsafe
 //! happens in signal context.
 //!
-//! Guarantees: the first signal calls `Shared::shutdown` once; any later one exits at once with
-//! status 130.
+//! Guarantees: the first signal calls the given `shutdown` once; any later one exits at once
+//! with status 130.
 //! Not guaranteed / not here: the drain itself (the workers'); that exit skips the drain and
 //! destructors, so queued log lines may be lost; signals before [`install`] keep their default
 //! action, and only SIGTERM and SIGINT are handled.
 
-use std::sync::Arc;
-
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::net::worker::Shared;
-
-/// Starts the signal thread.
-pub fn install(shared: Arc<Shared>) -> std::io::Result<()> {
+/// Starts the signal thread; the first signal calls `shutdown` (which starts the drain).
+pub fn install(shutdown: impl Fn() + Send + 'static) -> std::io::Result<()> {
     let mut signals = Signals::new([SIGTERM, SIGINT])?;
     std::thread::Builder::new()
         .name("signals".into())
@@ -30,7 +26,7 @@ pub fn install(shared: Arc<Shared>) -> std::io::Result<()> {
                     std::process::exit(130);
                 }
                 tracing::info!(signal = sig, "Shutdown signal received, draining");
-                shared.shutdown();
+                shutdown();
             }
         })?;
     Ok(())

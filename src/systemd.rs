@@ -12,8 +12,6 @@ use std::time::{Duration, Instant};
 
 use sd_notify::NotifyState;
 
-use crate::net::worker::Shared;
-
 /// When each worker's loop last ticked, in milliseconds since start-up.
 pub struct Liveness {
     start: Instant,
@@ -84,8 +82,8 @@ pub fn watchdog_interval() -> Option<Duration> {
     Some(Duration::from_micros(usec))
 }
 
-/// Starts the watchdog thread if systemd asked for one.
-pub fn start_watchdog(shared: Arc<Shared>) -> std::io::Result<()> {
+/// Starts the watchdog thread if systemd asked for one; it reads only the workers' `liveness`.
+pub fn start_watchdog(liveness: Arc<Liveness>) -> std::io::Result<()> {
     let Some(interval) = watchdog_interval() else {
         return Ok(());
     };
@@ -101,7 +99,7 @@ pub fn start_watchdog(shared: Arc<Shared>) -> std::io::Result<()> {
         .name("watchdog".into())
         .spawn(move || loop {
             std::thread::sleep(period);
-            if shared.liveness.all_alive(interval) {
+            if liveness.all_alive(interval) {
                 notify(NotifyState::Watchdog);
             } else {
                 tracing::error!("a worker loop is stalled; withholding WATCHDOG=1");

@@ -36,6 +36,7 @@ use super::store::hash_token;
 use super::{
     id_text, opt_id_text, Backend, BackendError, BackendResult, History, NewMessage, Profile, Reply,
 };
+use crate::config::RETRY_BACKOFF;
 use crate::metrics::RestHooks;
 use crate::protocol::{timestamp, ChatMessage, HistoryPage};
 
@@ -45,8 +46,6 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'
 
 /// Most cached profiles; a full cache drops expired entries, then everything.
 const AUTH_CACHE_MAX: usize = 100_000;
-/// First retry backoff; each further retry waits four times longer.
-const RETRY_BACKOFF: Duration = Duration::from_millis(50);
 
 /// How the REST client behaves under faults.
 #[derive(Debug, Clone)]
@@ -63,13 +62,6 @@ pub struct RestOptions {
     pub breaker_cooldown: Duration,
     /// Lifetime of a cached profile (zero: no cache).
     pub auth_cache_ttl: Duration,
-}
-
-/// The longest one REST call can take under `Guard::call`: every attempt timing out, plus the
-/// backoffs between them. The drain waits at least this long for calls in flight.
-pub fn longest_call(timeout: Duration, retries: u32) -> Duration {
-    let backoffs: Duration = (0..retries).map(|i| RETRY_BACKOFF * 4u32.pow(i)).sum();
-    timeout * (retries + 1) + backoffs
 }
 
 struct Guard {
@@ -503,14 +495,6 @@ impl Backend for RestBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn longest_call_counts_every_attempt_and_backoff() {
-        let t = Duration::from_millis(5000);
-        assert_eq!(longest_call(t, 0), t);
-        // 3 attempts + 50 ms + 200 ms of backoff.
-        assert_eq!(longest_call(t, 2), Duration::from_millis(15_250));
-    }
 
     #[test]
     fn idempotency_keys_are_per_sender_and_chat_and_header_safe() {

@@ -3,23 +3,62 @@
 //! OpenMetrics text; see `crate::metrics`), and in demo mode `GET /`, a
 //! small chat page embedded in the binary. Every response closes its connection; this is not a
 //! general web server.
+//!
+//! This module knows nothing of workers: it answers through [`Health`], the narrow view the
+//! server gives it (metrics text, readiness, whether demo mode is on).
 
-use std::time::Duration;
-
-use crate::net::handshake::{http_response, Request};
-use crate::net::worker::Worker;
+use std::future::Future;
 
 /// The demo chat page.
 const DEMO_PAGE: &str = include_str!("demo.html");
-/// How long a `/readyz` probe result is reused.
-const PROBE_CACHE: Duration = Duration::from_secs(1);
-/// How long `/readyz` waits for the backend probe.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What `/readyz` reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Readiness {
+    /// Workers whose listener is bound.
+    pub listening: usize,
+    /// Workers configured.
+    pub workers: usize,
+    /// The backend's name.
+    pub backend: &'static str,
+    /// Whether the backend answered its probe.
+    pub backend_reachable: bool,
+    /// Whether shutdown began.
+    pub stopping: bool,
+}
+
+impl Readiness {
+    /// Ready: every worker listens, the backend answers, and no shutdown began.
+    pub fn ready(&self) -> bool {
+        self.listening == self.workers && self.backend_reachable && !self.stopping
+    }
+}
+
+/// What the plain-HTTP answers need from the server.
+pub trait Health {
+    /// The metrics in OpenMetrics text.
+    fn metrics_text(&self) -> String;
+    /// Whether demo mode (and so the demo page) is on.
+    fn demo(&self) -> bool;
+    /// The current readiness (may probe the backend; the implementation bounds and caches it).
+    fn readiness(&self) -> impl Future<Output = Readiness>;
+}
+
+/// A complete plain-HTTP response that closes the connection.
+pub fn http_response(status: u16, reason: &str, content_type: &str, body: &[u8]) -> Vec<u8> {
+    let mut r = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\nCache-Control: no-store\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    r.extend_from_slice(body);
+    r
+}
 
 /// The full response to a plain request; a `HEAD` gets the same head without the body.
-pub async fn respond(worker: &Worker, req: &Request) -> Vec<u8> {
-    let mut response = respond_get(worker, req).await;
-    if req.method == "HEAD" {
+pub async fn respond(server: &impl Health, method: &str, path: &str) -> Vec<u8> {
+    let mut response = respond_get(server, method, path).await;
+    if method == "HEAD" {
         if let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") {
             response.truncate(end + 4);
         }
@@ -27,8 +66,8 @@ pub async fn respond(worker: &Worker, req: &Request) -> Vec<u8> {
     response
 }
 
-async fn respond_get(worker: &Worker, req: &Request) -> Vec<u8> {
-    if req.method != "GET" && req.method != "HEAD" {
+async fn respond_get(server: &impl Health, method: &str, path: &str) -> Vec<u8> {
+    if method != "GET" && method != "HEAD" {
         return http_response(
             405,
             "Method Not Allowed",
@@ -36,41 +75,26 @@ async fn respond_get(worker: &Worker, req: &Request) -> Vec<u8> {
             b"method not allowed",
         );
     }
-    match req.path.as_str() {
+    match path {
         "/healthz" => http_response(200, "OK", "application/json", br#"{"status":"ok"}"#),
         "/metrics" => http_response(
             200,
             "OK",
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            worker.shared.metrics.encode().as_bytes(),
+            server.metrics_text().as_bytes(),
         ),
         "/readyz" => {
-            let shared = &worker.shared;
-            let listening = shared.listening.load(std::sync::atomic::Ordering::SeqCst);
-            let stopping = shared.stopping.load(std::sync::atomic::Ordering::SeqCst);
-            let backend = shared.backend.clone();
-            // One probe per worker per PROBE_CACHE at most: readiness checks must not crowd
-            // the REST pool that serves users.
-            let backend_ok = match worker.cached_probe(PROBE_CACHE) {
-                Some(ok) => ok,
-                None => {
-                    let probe = monoio::time::timeout(
-                        PROBE_TIMEOUT,
-                        worker.backend_call(crate::metrics::call::PROBE, backend.probe()),
-                    )
-                    .await;
-                    let ok = matches!(probe, Ok(Ok(())));
-                    worker.remember_probe(ok);
-                    ok
-                }
-            };
-            let ready = listening == shared.workers() && backend_ok && !stopping;
+            let r = server.readiness().await;
             let body = format!(
-                r#"{{"ready":{ready},"workersListening":{listening},"workers":{},"backend":"{}","backendReachable":{backend_ok},"stopping":{stopping}}}"#,
-                shared.workers(),
-                backend.name()
+                r#"{{"ready":{},"workersListening":{},"workers":{},"backend":"{}","backendReachable":{},"stopping":{}}}"#,
+                r.ready(),
+                r.listening,
+                r.workers,
+                r.backend,
+                r.backend_reachable,
+                r.stopping
             );
-            if ready {
+            if r.ready() {
                 http_response(200, "OK", "application/json", body.as_bytes())
             } else {
                 http_response(
@@ -81,7 +105,7 @@ async fn respond_get(worker: &Worker, req: &Request) -> Vec<u8> {
                 )
             }
         }
-        "/" | "/index.html" if worker.config().demo => {
+        "/" | "/index.html" if server.demo() => {
             http_response(200, "OK", "text/html; charset=utf-8", DEMO_PAGE.as_bytes())
         }
         _ => http_response(
@@ -90,5 +114,77 @@ async fn respond_get(worker: &Worker, req: &Request) -> Vec<u8> {
             "text/plain",
             b"this endpoint speaks WebSocket; see /healthz and /readyz",
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+
+    struct Fake {
+        readiness: Readiness,
+        demo: bool,
+    }
+
+    impl Health for Fake {
+        fn metrics_text(&self) -> String {
+            "# EOF\n".into()
+        }
+        fn demo(&self) -> bool {
+            self.demo
+        }
+        fn readiness(&self) -> impl Future<Output = Readiness> {
+            std::future::ready(self.readiness.clone())
+        }
+    }
+
+    fn fake(stopping: bool, demo: bool) -> Fake {
+        Fake {
+            readiness: Readiness {
+                listening: 2,
+                workers: 2,
+                backend: "store",
+                backend_reachable: true,
+                stopping,
+            },
+            demo,
+        }
+    }
+
+    /// The answer, for a fake whose futures are ready at once.
+    fn answer(server: &Fake, method: &str, path: &str) -> String {
+        let mut fut = pin!(respond(server, method, path));
+        match fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(r) => String::from_utf8(r).expect("utf-8"),
+            Poll::Pending => panic!("the fake never waits"),
+        }
+    }
+
+    #[test]
+    fn readiness_is_503_once_stopping_and_names_every_field() {
+        let ok = answer(&fake(false, false), "GET", "/readyz");
+        assert!(ok.starts_with("HTTP/1.1 200 OK"), "{ok}");
+        assert!(ok.ends_with(r#"{"ready":true,"workersListening":2,"workers":2,"backend":"store","backendReachable":true,"stopping":false}"#), "{ok}");
+        let stopping = answer(&fake(true, false), "GET", "/readyz");
+        assert!(stopping.starts_with("HTTP/1.1 503"), "{stopping}");
+        assert!(stopping.contains(r#""ready":false"#), "{stopping}");
+    }
+
+    #[test]
+    fn head_gets_the_head_alone_and_other_methods_405() {
+        let head = answer(&fake(false, false), "HEAD", "/healthz");
+        assert!(
+            head.starts_with("HTTP/1.1 200 OK") && head.ends_with("\r\n\r\n"),
+            "{head}"
+        );
+        assert!(answer(&fake(false, false), "POST", "/healthz").starts_with("HTTP/1.1 405"));
+    }
+
+    #[test]
+    fn the_demo_page_only_in_demo_mode() {
+        assert!(answer(&fake(false, true), "GET", "/").contains("text/html"));
+        assert!(answer(&fake(false, false), "GET", "/").starts_with("HTTP/1.1 426"));
     }
 }

@@ -36,6 +36,7 @@ use super::worker::{Conn, Refused, TaskGuard, Worker};
 use crate::backend::{BackendError, NewMessage};
 use crate::core::rate::{Admission, RateLimit};
 use crate::core::session::{Decision, Session, User};
+use crate::http::http_response;
 use crate::metrics::call;
 use crate::protocol::frame::Message;
 use crate::protocol::outbound::{error_frame, ErrorDetails, Outbound};
@@ -78,13 +79,13 @@ pub(super) async fn read_head(
 async fn answer_bad_head(stream: &mut TcpStreamPoll, e: handshake::HandshakeError) {
     let (status, reason) = e.status();
     let body = e.to_string();
-    let response = handshake::http_response(status, reason, "text/plain", body.as_bytes());
+    let response = http_response(status, reason, "text/plain", body.as_bytes());
     let _ = stream.write_all(&response).await;
 }
 
 /// Answers a plain HTTP request (health, readiness, metrics, demo page) and closes.
 async fn answer_http(worker: &Rc<Worker>, stream: &mut TcpStreamPoll, req: &Request) {
-    let response = crate::http::respond(worker, req).await;
+    let response = crate::http::respond(&**worker, &req.method, &req.path).await;
     // Bounded: a client that never reads must not hold a connection slot forever.
     let _ = monoio::time::timeout(worker.config().auth_timeout(), async {
         let _ = stream.write_all(&response).await;
@@ -116,7 +117,7 @@ async fn serve_refused(worker: &Rc<Worker>, stream: &mut TcpStreamPoll, refused:
                 && req.upgrade.is_none()
                 && PROBE_PATHS.contains(&req.path.as_str())
             {
-                let response = crate::http::respond(worker, req).await;
+                let response = crate::http::respond(&**worker, &req.method, &req.path).await;
                 let _ = monoio::time::timeout(PROBE_WRITE_TIMEOUT, async {
                     let _ = stream.write_all(&response).await;
                     let _ = stream.shutdown().await;
@@ -130,8 +131,7 @@ async fn serve_refused(worker: &Rc<Worker>, stream: &mut TcpStreamPoll, refused:
     tracing::warn!(reason = %refused, "Connection refused");
     worker.shared.metrics.refused(&refused.to_string());
     let body = refused.to_string();
-    let response =
-        handshake::http_response(503, "Service Unavailable", "text/plain", body.as_bytes());
+    let response = http_response(503, "Service Unavailable", "text/plain", body.as_bytes());
     let _ = monoio::time::timeout(PROBE_WRITE_TIMEOUT, stream.write_all(&response)).await;
 }
 
@@ -191,7 +191,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
             "Origin rejected"
         );
         let _ = stream
-            .write_all(&handshake::http_response(
+            .write_all(&http_response(
                 403,
                 "Forbidden",
                 "text/plain",

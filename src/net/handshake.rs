@@ -308,17 +308,6 @@ pub fn switching_protocols(up: &Upgrade) -> Vec<u8> {
     r.into_bytes()
 }
 
-/// A complete plain-HTTP response that closes the connection.
-pub fn http_response(status: u16, reason: &str, content_type: &str, body: &[u8]) -> Vec<u8> {
-    let mut r = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\nCache-Control: no-store\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    r.extend_from_slice(body);
-    r
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,7 @@
 //!   is unavailable) with its own `SO_REUSEPORT` listener, connection table, rooms, typing timers
 //!   and presence shard.
 //! - [`api`]: the server API's requests (on `WS_PORT` or `API_PORT`), rules in `crate::api`.
+//! - [`health`]: what `/metrics` and `/readyz` read from a worker (`crate::http::Health`).
 //! - [`handshake`]: the HTTP/1.1 upgrade, parsed with httparse; Origin and token rules.
 //! - [`connection`]: a connection's handshake, authentication and chat handling.
 //! - [`reader`]: the frame loop (RFC 6455 obligations, limits), shared with the echo.
@@ -19,6 +20,7 @@ pub mod api;
 pub mod connection;
 pub mod echo;
 pub mod handshake;
+pub mod health;
 pub mod mailbox;
 pub mod outbox;
 pub mod reader;

@@ -83,7 +83,7 @@ pub struct Shared {
     /// Prometheus metrics.
     pub metrics: Metrics,
     /// When each worker's loop last ran (for the systemd watchdog).
-    pub liveness: Liveness,
+    pub liveness: Arc<Liveness>,
     /// Held while a server API request is posted to every mailbox (see [`Worker::api`]).
     pub api_order: Mutex<()>,
     /// Which chats have a draining reader far behind (publisher back-pressure, all workers).
