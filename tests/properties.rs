@@ -5,7 +5,7 @@
 use proptest::prelude::*;
 use socket_server::net::handshake;
 use socket_server::net::reader::{decode_stream, End, Limits, Step};
-use socket_server::protocol::{inbound, Command};
+use socket_server::protocol::{inbound, CloseCode, Command};
 
 const LIMITS: Limits = Limits {
     max_message_size: 4096,
@@ -96,6 +96,36 @@ proptest! {
             if let Step::Message(m) = step {
                 prop_assert!(m.payload.len() <= LIMITS.max_message_size);
             }
+        }
+    }
+
+    #[test]
+    fn messages_around_the_size_limit_are_taken_whole_or_refused_with_1009(
+        over in -8i64..=8,
+        pieces in 1usize..=3,
+        mask in any::<[u8; 4]>(),
+    ) {
+        // Random bytes almost never form a message near the limit; these always do.
+        let len = (LIMITS.max_message_size as i64 + over) as usize;
+        let payload = vec![b'a'; len];
+        let cut = len / pieces;
+        let mut stream = Vec::new();
+        for i in 0..pieces {
+            let end = if i + 1 == pieces { len } else { (i + 1) * cut };
+            let opcode = if i == 0 { 0x1 } else { 0x0 };
+            stream.extend(frame(i + 1 == pieces, opcode, &payload[i * cut..end], mask));
+        }
+        let steps = decode_stream(&stream, LIMITS);
+        let messages: Vec<_> = steps.iter().filter_map(|s| match s { Step::Message(m) => Some(m), _ => None }).collect();
+        if len <= LIMITS.max_message_size {
+            prop_assert_eq!(messages.len(), 1, "steps: {:?}", steps);
+            prop_assert_eq!(messages[0].payload.len(), len);
+        } else {
+            prop_assert!(messages.is_empty(), "steps: {:?}", steps);
+            prop_assert!(
+                matches!(steps.last(), Some(Step::End(End::Violation(CloseCode::MessageTooBig)))),
+                "steps: {:?}", steps
+            );
         }
     }
 

@@ -348,9 +348,9 @@ fn message_reaches_every_connection_including_sender_devices() {
         assert_eq!(p["chatId"], "pair", "{who}: {p}");
         assert_eq!(p["message"]["id"], at_sender["message"]["id"], "{who}: {p}");
         assert_message(&p["message"], "pair", "alice", "Alice", "hi bob");
-        if !p["message"]["clientMessageId"].is_null() {
-            assert_eq!(p["message"]["clientMessageId"], "cm-1", "{who}: {p}");
-        }
+        // Echoed in the broadcast, not only to the sender (README: a client matches its
+        // optimistic copy on any of its devices).
+        assert_eq!(p["message"]["clientMessageId"], "cm-1", "{who}: {p}");
     }
     // Carol is not in "pair".
     c1.expect_no_type("chat:message", Duration::from_millis(400));
