@@ -33,7 +33,7 @@ use super::outbox::Outbox;
 use super::reader::{finish, linger, read_loop, End, Handler, Limits};
 use super::split::{self, Input};
 use super::worker::{Conn, Refused, TaskGuard, Worker};
-use crate::backend::{BackendError, NewMessage};
+use crate::backend::{BackendError, NewMessage, Profile};
 use crate::core::rate::{Admission, RateLimit};
 use crate::core::session::{Decision, Session, User};
 use crate::http::http_response;
@@ -154,104 +154,30 @@ async fn serve_plain(
 pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
     // AUTH_TIMEOUT bounds the request head and the authentication together, from accept.
     let accepted = Instant::now();
-    let peer = stream.peer_addr().ok().map(|a| a.ip());
-    let admitted = worker.admit(peer);
-    let _ = stream.set_nodelay(true);
-    let mut stream = match stream.try_into_poll_io() {
-        Ok(s) => s,
-        Err((e, _)) => {
-            tracing::warn!(error = %e, "poll-io conversion failed");
-            return;
-        }
-    };
-    let live = match admitted {
-        Ok(guard) => guard,
-        Err(refused) => return serve_refused(&worker, &mut stream, refused).await,
-    };
-    let mut buf = BytesMut::with_capacity(1024);
-    let (req, consumed) =
-        match read_head(&mut stream, &mut buf, worker.config().auth_timeout()).await {
-            Ok(Some(found)) => found,
-            Ok(None) => return, // closed or too slow before a full head
-            Err(e) => return answer_bad_head(&mut stream, e).await,
-        };
-    let Some(upgrade) = req.upgrade.clone() else {
-        // Boxed: plain requests are rare, and their state must not grow every handshake's
-        // task (many are alive at once during a connect storm).
-        let rest = buf.split_off(consumed);
-        return Box::pin(serve_plain(&worker, &mut stream, &req, rest)).await;
-    };
-    if !handshake::origin_allowed(
-        req.origin.as_deref(),
-        req.host.as_deref(),
-        &worker.shared.allowed_origins,
-    ) {
-        tracing::warn!(
-            origin = req.origin.as_deref().unwrap_or(""),
-            "Origin rejected"
-        );
-        let _ = stream
-            .write_all(&http_response(
-                403,
-                "Forbidden",
-                "text/plain",
-                b"origin not allowed",
-            ))
-            .await;
+    let Some((mut stream, live)) = admit(&worker, stream).await else {
         return;
-    }
-    // Only the path is needed from here on (logs); the rest of the head is dropped now rather
-    // than kept in this task across authentication.
-    let path = std::convert::identity(req).path;
-    if stream
-        .write_all(&handshake::switching_protocols(&upgrade))
-        .await
-        .is_err()
-    {
+    };
+    let Some((token, path, prefix)) = upgrade(&worker, &mut stream).await else {
         return;
-    }
-    // Copy (not split off) what came behind the head, so the head buffer is freed now.
-    let prefix = BytesMut::from(&buf[consumed..]);
-    drop(buf);
+    };
     let (mut input, write_half) = split::split(stream, prefix);
     let outbox = Rc::new(Outbox::new(worker.config().max_outbox_bytes));
     monoio::spawn({
         let outbox = outbox.clone();
         async move { outbox.run_writer(write_half).await }
     });
-
-    let Some(token) = upgrade.token.filter(|t| handshake::token_is_well_formed(t)) else {
-        reject(
-            &worker,
-            &outbox,
-            BackendError::TokenRejected("Missing token".into()),
-            &path,
-        );
-        linger(&mut input, &outbox).await;
-        return;
+    let Some(token) = token.filter(|t| handshake::token_is_well_formed(t)) else {
+        let missing = BackendError::TokenRejected("Missing token".into());
+        reject(&worker, &outbox, missing, &path);
+        return linger(&mut input, &outbox).await;
     };
-    let backend = worker.shared.backend.clone();
     let started = Instant::now();
-    let auth = worker.backend_call(call::AUTHENTICATE, async {
-        let profile = backend.authenticate(&token).await?;
-        let chats = backend.chats(&token).await?;
-        Ok::<_, BackendError>((profile, chats))
-    });
-    let left = worker
-        .config()
-        .auth_timeout()
-        .saturating_sub(accepted.elapsed());
-    let (profile, chats) = match monoio::time::timeout(left, auth).await {
-        Ok(Ok(found)) => found,
-        Ok(Err(e)) => {
+    let deadline = accepted + worker.config().auth_timeout();
+    let (profile, chats) = match authenticate(&worker, &token, deadline).await {
+        Ok(found) => found,
+        Err(e) => {
             reject(&worker, &outbox, e, &path);
-            linger(&mut input, &outbox).await;
-            return;
-        }
-        Err(_) => {
-            reject(&worker, &outbox, BackendError::UpstreamTimeout, &path);
-            linger(&mut input, &outbox).await;
-            return;
+            return linger(&mut input, &outbox).await;
         }
     };
     if worker.draining() {
@@ -262,9 +188,112 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
         ));
         outbox.close(CloseCode::GoingAway);
         worker.shared.metrics.closed(CloseCode::GoingAway);
-        linger(&mut input, &outbox).await;
-        return;
+        return linger(&mut input, &outbox).await;
     }
+    let (conn, slot) = open_session(&worker, outbox, profile, chats);
+    tracing::info!(
+        user_id = %conn.session.borrow().user().id,
+        chat_count = conn.session.borrow().chats().len(),
+        chat_ids = ?conn.session.borrow().chats(),
+        worker = worker.id,
+        path = %path,
+        auth_ms = started.elapsed().as_secs_f64() * 1e3,
+        "User connected"
+    );
+    monoio::spawn(steady(worker, conn, slot, token, input, live));
+}
+
+/// Admission (the connection caps) and the switch to readiness I/O; a refused socket is
+/// answered here. `None`: nothing more to do with it.
+async fn admit(worker: &Rc<Worker>, stream: TcpStream) -> Option<(TcpStreamPoll, TaskGuard)> {
+    let peer = stream.peer_addr().ok().map(|a| a.ip());
+    let admitted = worker.admit(peer);
+    let _ = stream.set_nodelay(true);
+    let mut stream = match stream.try_into_poll_io() {
+        Ok(s) => s,
+        Err((e, _)) => {
+            tracing::warn!(error = %e, "poll-io conversion failed");
+            return None;
+        }
+    };
+    match admitted {
+        Ok(guard) => Some((stream, guard)),
+        Err(refused) => {
+            serve_refused(worker, &mut stream, refused).await;
+            None
+        }
+    }
+}
+
+/// Reads the request head and completes the WebSocket upgrade (Origin rule, 101), or answers
+/// a plain request. Returns the token the client sent, the path (for logs) and the bytes that
+/// arrived behind the head.
+async fn upgrade(
+    worker: &Rc<Worker>,
+    stream: &mut TcpStreamPoll,
+) -> Option<(Option<String>, String, BytesMut)> {
+    let mut buf = BytesMut::with_capacity(1024);
+    let (req, consumed) = match read_head(stream, &mut buf, worker.config().auth_timeout()).await {
+        Ok(Some(found)) => found,
+        Ok(None) => return None, // closed or too slow before a full head
+        Err(e) => {
+            answer_bad_head(stream, e).await;
+            return None;
+        }
+    };
+    let Some(upgrade) = req.upgrade.clone() else {
+        // Boxed: plain requests are rare, and their state must not grow every handshake's
+        // task (many are alive at once during a connect storm).
+        let rest = buf.split_off(consumed);
+        Box::pin(serve_plain(worker, stream, &req, rest)).await;
+        return None;
+    };
+    if !handshake::origin_allowed(
+        req.origin.as_deref(),
+        req.host.as_deref(),
+        &worker.shared.allowed_origins,
+    ) {
+        let origin = req.origin.as_deref().unwrap_or("");
+        tracing::warn!(origin, "Origin rejected");
+        let refusal = http_response(403, "Forbidden", "text/plain", b"origin not allowed");
+        let _ = stream.write_all(&refusal).await;
+        return None;
+    }
+    let accept = handshake::switching_protocols(&upgrade);
+    if stream.write_all(&accept).await.is_err() {
+        return None;
+    }
+    // Copy (not split off) what came behind the head, so the head buffer is freed now; only
+    // the path is kept from the head (logs).
+    Some((upgrade.token, req.path, BytesMut::from(&buf[consumed..])))
+}
+
+/// Authenticates `token` and fetches the user's chats, by `deadline`.
+async fn authenticate(
+    worker: &Worker,
+    token: &str,
+    deadline: Instant,
+) -> Result<(Profile, Vec<String>), BackendError> {
+    let backend = worker.shared.backend.clone();
+    let auth = worker.backend_call(call::AUTHENTICATE, async {
+        let profile = backend.authenticate(token).await?;
+        let chats = backend.chats(token).await?;
+        Ok::<_, BackendError>((profile, chats))
+    });
+    let left = deadline.saturating_duration_since(Instant::now());
+    match monoio::time::timeout(left, auth).await {
+        Ok(found) => found,
+        Err(_) => Err(BackendError::UpstreamTimeout),
+    }
+}
+
+/// Opens the session of an authenticated user: queues `connected`, then joins the rooms.
+fn open_session(
+    worker: &Worker,
+    outbox: Rc<Outbox>,
+    profile: Profile,
+    chats: Vec<String>,
+) -> (Rc<Conn>, usize) {
     let now = Instant::now();
     let chats: Vec<Arc<str>> = chats.into_iter().map(Arc::from).collect();
     let name = if profile.name.is_empty() {
@@ -287,8 +316,8 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
     );
     let cfg = worker.config();
     let session = Session::new(
-        user.clone(),
-        chats.clone(),
+        user,
+        chats,
         now,
         cfg.chats_refetch_interval(),
         cfg.connection_timeout(),
@@ -299,16 +328,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
         session: session.into(),
     });
     let slot = worker.register(conn.clone());
-    tracing::info!(
-        user_id = %user.id,
-        chat_count = chats.len(),
-        chat_ids = ?chats,
-        worker = worker.id,
-        path = %path,
-        auth_ms = started.elapsed().as_secs_f64() * 1e3,
-        "User connected"
-    );
-    monoio::spawn(steady(worker, conn, slot, token, input, live));
+    (conn, slot)
 }
 
 /// The steady state of an authenticated connection: the read loop, then the close.
@@ -447,7 +467,7 @@ impl Handler for Chat<'_> {
         };
         self.worker.metrics.messages_in[kind].inc();
         match parsed {
-            Ok(cmd) => handle(self.worker, self.conn, self.slot, self.token, cmd, now).await,
+            Ok(cmd) => self.handle(cmd, now).await,
             Err(e) => send_error(
                 self.worker,
                 &self.conn.outbox,
@@ -530,121 +550,160 @@ async fn chat_backend_error(
     }
 }
 
-async fn handle(
-    worker: &Worker,
-    conn: &Conn,
-    slot: usize,
-    token: &str,
-    cmd: Command,
-    now: Instant,
-) {
-    let decision = conn.session.borrow_mut().decide(cmd, now);
-    let cmd = match decision {
-        Decision::Execute(cmd) => cmd,
-        Decision::NotParticipant(_) => return not_participant(worker, conn),
-        Decision::Refetch(cmd) => {
-            let backend = worker.shared.backend.clone();
-            match worker.backend_call(call::CHATS, backend.chats(token)).await {
-                Ok(chats) => {
-                    let chats = chats.into_iter().map(Arc::from).collect();
-                    let change = conn.session.borrow_mut().refetched(chats);
-                    worker.rejoin(slot, &change.joined, &change.left);
-                    match conn.session.borrow().after_refetch(cmd) {
-                        Decision::Execute(cmd) => cmd,
-                        _ => return not_participant(worker, conn),
-                    }
-                }
-                Err(e) => return backend_error(worker, &conn.outbox, &e),
+impl Chat<'_> {
+    /// Carries out one parsed command, in arrival order.
+    async fn handle(&self, cmd: Command, now: Instant) {
+        let Some(cmd) = self.admitted(cmd, now).await else {
+            return;
+        };
+        let (worker, conn, slot, token) = (self.worker, self.conn, self.slot, self.token);
+        match cmd {
+            Command::Ping => {
+                let ts = timestamp::now();
+                conn.outbox
+                    .push(&Outbound::Pong { timestamp: &ts }.to_frame());
             }
-        }
-    };
-    let user = conn.session.borrow().user().clone();
-    match cmd {
-        Command::Ping => {
-            let ts = timestamp::now();
-            conn.outbox
-                .push(&Outbound::Pong { timestamp: &ts }.to_frame());
-        }
-        Command::SendMessage {
-            chat_id,
-            content,
-            client_message_id,
-        } => {
-            let asked = chat_arc(conn, &chat_id);
-            let new = NewMessage {
+            Command::SendMessage {
                 chat_id,
                 content,
                 client_message_id,
-                sender_id: user.id.to_string(),
-                sender_name: user.name.to_string(),
-            };
-            let backend = worker.shared.backend.clone();
-            match worker
-                .backend_call(call::CREATE_MESSAGE, backend.create_message(token, new))
-                .await
-            {
-                Ok(m) => {
-                    tracing::debug!(user_id = %user.id, chat_id = %m.chat_id, message_id = %m.id, "Message sent");
-                    let frame = Outbound::ChatMessage {
-                        chat_id: &m.chat_id,
-                        message: &m,
+            } => self.send_message(chat_id, content, client_message_id).await,
+            Command::MarkRead {
+                chat_id,
+                message_id,
+            } => self.mark_read(chat_id, message_id).await,
+            // Boxed, like every rarely used state, to keep the idle task small.
+            Command::History(req) => Box::pin(history(worker, conn, slot, token, *req)).await,
+            Command::Typing { chat_id, is_typing } => self.typing(&chat_id, is_typing, now),
+        }
+    }
+
+    /// The membership rule (`core::session`): the command if the user is in its chat, after
+    /// one re-fetch of the chat list if the session asks for it; `None` once answered.
+    async fn admitted(&self, cmd: Command, now: Instant) -> Option<Command> {
+        let (worker, conn) = (self.worker, self.conn);
+        let decision = conn.session.borrow_mut().decide(cmd, now);
+        let cmd = match decision {
+            Decision::Execute(cmd) => return Some(cmd),
+            Decision::NotParticipant(_) => {
+                not_participant(worker, conn);
+                return None;
+            }
+            Decision::Refetch(cmd) => cmd,
+        };
+        let backend = worker.shared.backend.clone();
+        match worker
+            .backend_call(call::CHATS, backend.chats(self.token))
+            .await
+        {
+            Ok(chats) => {
+                let chats = chats.into_iter().map(Arc::from).collect();
+                let change = conn.session.borrow_mut().refetched(chats);
+                worker.rejoin(self.slot, &change.joined, &change.left);
+                let decision = conn.session.borrow().after_refetch(cmd);
+                match decision {
+                    Decision::Execute(cmd) => Some(cmd),
+                    _ => {
+                        not_participant(worker, conn);
+                        None
                     }
-                    .to_frame();
-                    let room = chat_arc(conn, &m.chat_id);
-                    worker.publish(vec![room], frame, None, EventKind::Message);
-                    worker.pace(&m.chat_id).await;
                 }
-                Err(e) => chat_backend_error(worker, conn, slot, token, &asked, &e).await,
+            }
+            Err(e) => {
+                backend_error(worker, &conn.outbox, &e);
+                None
             }
         }
-        Command::MarkRead {
+    }
+
+    /// `chat:message`: stored by the backend, then published to the chat (the sender's
+    /// devices included), then paced (publisher back-pressure).
+    async fn send_message(
+        &self,
+        chat_id: String,
+        content: String,
+        client_message_id: Option<String>,
+    ) {
+        let (worker, conn) = (self.worker, self.conn);
+        let user = conn.session.borrow().user().clone();
+        let asked = chat_arc(conn, &chat_id);
+        let new = NewMessage {
             chat_id,
-            message_id,
-        } => {
-            let backend = worker.shared.backend.clone();
-            match worker
-                .backend_call(
-                    call::MARK_READ,
-                    backend.mark_read(token, &chat_id, &message_id),
-                )
-                .await
-            {
-                Ok(read_at) => {
-                    let read_at = read_at.unwrap_or_else(timestamp::now);
-                    tracing::debug!(user_id = %user.id, chat_id = %chat_id, message_id = %message_id, "Read receipt");
-                    let frame = Outbound::ChatRead {
-                        chat_id: &chat_id,
-                        message_id: &message_id,
-                        user_id: &user.id,
-                        read_at: &read_at,
-                    }
-                    .to_frame();
-                    worker.publish(vec![chat_arc(conn, &chat_id)], frame, None, EventKind::Read);
-                    worker.pace(&chat_id).await;
+            content,
+            client_message_id,
+            sender_id: user.id.to_string(),
+            sender_name: user.name.to_string(),
+        };
+        let backend = worker.shared.backend.clone();
+        let created = worker
+            .backend_call(
+                call::CREATE_MESSAGE,
+                backend.create_message(self.token, new),
+            )
+            .await;
+        match created {
+            Ok(m) => {
+                tracing::debug!(user_id = %user.id, chat_id = %m.chat_id, message_id = %m.id, "Message sent");
+                let frame = Outbound::ChatMessage {
+                    chat_id: &m.chat_id,
+                    message: &m,
                 }
-                Err(e) => chat_backend_error(worker, conn, slot, token, &chat_id, &e).await,
+                .to_frame();
+                let room = chat_arc(conn, &m.chat_id);
+                worker.publish(vec![room], frame, None, EventKind::Message);
+                worker.pace(&m.chat_id).await;
             }
+            Err(e) => chat_backend_error(worker, conn, self.slot, self.token, &asked, &e).await,
         }
-        // Boxed, like every rarely used state, to keep the idle task small.
-        Command::History(req) => Box::pin(history(worker, conn, slot, token, *req)).await,
-        Command::Typing { chat_id, is_typing } => {
-            let room = chat_arc(conn, &chat_id);
-            worker.set_typing(slot, &room, is_typing, now);
-            tracing::debug!(user_id = %user.id, chat_id = %chat_id, is_typing, "Typing");
-            let frame = Outbound::ChatTyping {
-                chat_id: &chat_id,
-                user_id: &user.id,
-                user_name: &user.name,
-                is_typing,
+    }
+
+    /// `chat:read`: recorded by the backend, then published to the chat and paced.
+    async fn mark_read(&self, chat_id: String, message_id: String) {
+        let (worker, conn) = (self.worker, self.conn);
+        let backend = worker.shared.backend.clone();
+        let marked = worker
+            .backend_call(
+                call::MARK_READ,
+                backend.mark_read(self.token, &chat_id, &message_id),
+            )
+            .await;
+        match marked {
+            Ok(read_at) => {
+                let user = conn.session.borrow().user().clone();
+                // The seed's fallback when the API does not say when.
+                let read_at = read_at.unwrap_or_else(timestamp::now);
+                tracing::debug!(user_id = %user.id, chat_id = %chat_id, message_id = %message_id, "Read receipt");
+                let frame = Outbound::ChatRead {
+                    chat_id: &chat_id,
+                    message_id: &message_id,
+                    user_id: &user.id,
+                    read_at: &read_at,
+                }
+                .to_frame();
+                worker.publish(vec![chat_arc(conn, &chat_id)], frame, None, EventKind::Read);
+                worker.pace(&chat_id).await;
             }
-            .to_frame();
-            worker.publish(
-                vec![room],
-                frame,
-                Some((worker.id, slot)),
-                EventKind::Typing,
-            );
+            Err(e) => chat_backend_error(worker, conn, self.slot, self.token, &chat_id, &e).await,
         }
+    }
+
+    /// `chat:typing`: the timer starts or stops, and the chat hears it, except this
+    /// connection (the only event that excludes its sender).
+    fn typing(&self, chat_id: &str, is_typing: bool, now: Instant) {
+        let (worker, conn) = (self.worker, self.conn);
+        let user = conn.session.borrow().user().clone();
+        let room = chat_arc(conn, chat_id);
+        worker.set_typing(self.slot, &room, is_typing, now);
+        tracing::debug!(user_id = %user.id, chat_id = %chat_id, is_typing, "Typing");
+        let frame = Outbound::ChatTyping {
+            chat_id,
+            user_id: &user.id,
+            user_name: &user.name,
+            is_typing,
+        }
+        .to_frame();
+        let sender = Some((worker.id, self.slot));
+        worker.publish(vec![room], frame, sender, EventKind::Typing);
     }
 }
 
