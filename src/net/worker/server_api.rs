@@ -1,0 +1,161 @@
+//! The server API on a worker: a request is posted to every worker's mailbox in one order,
+//! each applies it to its own connections, and the asking worker merges the outcomes.
+
+use super::*;
+
+/// How long a server API request waits for every worker to confirm its actions.
+const API_CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Local connections by user, for the users a server API request acts on.
+type UserConns = HashMap<Arc<str>, Vec<(usize, Rc<Conn>)>>;
+
+impl Worker {
+    /// Carries out server API actions on every worker, this one included, and completes once
+    /// every worker confirmed, with the outcomes merged per action. Every worker applies every
+    /// request in the same order: requests are posted to all mailboxes (FIFO) under one
+    /// process-wide lock, so two concurrent requests arriving on different workers cannot
+    /// interleave differently on each.
+    pub async fn api(&self, actions: Vec<Action>) -> Result<Vec<Outcome>, ApiError> {
+        if self.draining() {
+            return Err(ApiError::ShuttingDown);
+        }
+        let actions: Arc<[Action]> = actions.into();
+        let mut replies = Vec::with_capacity(self.shared.workers());
+        {
+            let _order = self
+                .shared
+                .api_order
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            for mb in &self.shared.mailboxes {
+                let (reply, rx) = futures_channel::oneshot::channel();
+                mb.post(Envelope::Api {
+                    actions: actions.clone(),
+                    reply,
+                });
+                replies.push(rx);
+            }
+        }
+        let mut outcomes: Vec<Outcome> = actions.iter().map(Action::nothing).collect();
+        // One deadline for all the workers' answers, not one per worker.
+        let deadline = Instant::now() + API_CONFIRM_TIMEOUT;
+        for rx in replies {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match monoio::time::timeout(left, rx).await {
+                Ok(Ok(theirs)) => {
+                    for (mine, other) in outcomes.iter_mut().zip(theirs) {
+                        mine.merge(other);
+                    }
+                }
+                // A worker that already ended (its mailbox closed and dropped the request)
+                // has no connections left to act on.
+                Ok(Err(_canceled)) => {}
+                Err(_) => {
+                    return Err(ApiError::WorkerTimeout(
+                        API_CONFIRM_TIMEOUT.as_millis() as u64
+                    ))
+                }
+            }
+        }
+        for (chat, frame) in crate::api::announcements(&actions, &outcomes) {
+            self.publish(vec![chat], frame, None, EventKind::Presence);
+        }
+        Ok(outcomes)
+    }
+
+    /// Applies server API actions to this worker's connections.
+    ///
+    /// The connections of the users a batch names are found with one pass over the connection
+    /// table per batch, not through an index by user: an index cost ~200 bytes per idle
+    /// connection (measured, 15,000 connections: 2,158-2,186 B against 1,957-1,964 B), while
+    /// a pass costs well under a millisecond per 100,000 connections, once per API request.
+    pub(super) fn apply_api(&self, actions: &[Action]) -> Vec<Outcome> {
+        let users = self.connections_of(actions);
+        actions
+            .iter()
+            .map(|a| self.apply_action(a, &users))
+            .collect()
+    }
+
+    fn apply_action(&self, action: &Action, users: &UserConns) -> Outcome {
+        let of = |user: &Arc<str>| users.get(user).map(Vec::as_slice).unwrap_or_default();
+        match action {
+            Action::Publish { chat, frame, .. } => Outcome::Count(self.deliver(&RoomEvent {
+                rooms: vec![chat.clone()],
+                frame: frame.clone(),
+                exclude: None,
+                kind: EventKind::Message,
+            })),
+            Action::Join { chat, user, frame } => {
+                let mut joined = 0;
+                for (slot, conn) in of(user) {
+                    if conn.session.borrow_mut().join(chat) {
+                        // `chat:new` first: every event of the chat comes after it.
+                        conn.outbox.push(frame);
+                        self.rejoin(*slot, std::slice::from_ref(chat), &[]);
+                        joined += 1;
+                    }
+                }
+                Outcome::Count(joined)
+            }
+            Action::Leave { chat, user, frame } => {
+                let mut left = 0;
+                for (slot, conn) in of(user) {
+                    let stored = conn.session.borrow_mut().leave(chat);
+                    if let Some(stored) = stored {
+                        self.rejoin(*slot, &[], &[stored]);
+                        // After leaving the room: nothing of the chat follows `chat:removed`.
+                        conn.outbox.push(frame);
+                        left += 1;
+                    }
+                }
+                Outcome::Count(left)
+            }
+            Action::Disconnect { user, code, frame } => {
+                let conns = of(user);
+                for (_, conn) in conns {
+                    if !conn.outbox.is_closing() {
+                        self.shared.metrics.closed_with(*code);
+                    }
+                    conn.outbox.close_with(frame);
+                }
+                Outcome::Count(conns.len())
+            }
+            Action::Presence { chat } => {
+                let conns = self.conns.borrow();
+                let mut users: HashMap<Arc<str>, usize> = HashMap::new();
+                for slot in self.rooms.borrow().members(chat) {
+                    if let Some(c) = conns.get(*slot) {
+                        *users
+                            .entry(c.session.borrow().user().id.clone())
+                            .or_insert(0) += 1;
+                    }
+                }
+                Outcome::Presence(users)
+            }
+        }
+    }
+
+    /// The local connections of every user `actions` act on, found in one pass.
+    fn connections_of(&self, actions: &[Action]) -> UserConns {
+        let mut found: UserConns = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Join { user, .. }
+                | Action::Leave { user, .. }
+                | Action::Disconnect { user, .. } => Some((user.clone(), Vec::new())),
+                Action::Publish { .. } | Action::Presence { .. } => None,
+            })
+            .collect();
+        if found.is_empty() {
+            return found;
+        }
+        for (slot, conn) in self.conns.borrow().iter() {
+            let user = conn.session.borrow().user().id.clone();
+            if let Some(list) = found.get_mut(&user) {
+                list.push((slot, conn.clone()));
+            }
+        }
+        found
+    }
+}
