@@ -155,12 +155,33 @@ pub enum Outbound<'a> {
 impl Outbound<'_> {
     /// Serialises the message into a complete, unmasked WebSocket text frame.
     pub fn to_frame(&self) -> Bytes {
-        let mut buf = Vec::with_capacity(192);
+        let mut buf = Vec::with_capacity(self.size_hint());
         buf.resize(FRAME_HEAD_GAP, 0);
         // Serialising these plain structs into a Vec has no failure path (no I/O, no maps
         // with non-string keys); an error here would be a bug in this file.
         serde_json::to_writer(&mut buf, self).expect("outbound messages always serialise");
         finish_frame(buf, fastwebsockets::OpCode::Text)
+    }
+
+    /// A first buffer size for the frame: room for the fixed parts, plus the message texts,
+    /// so a long message is written into one allocation instead of a chain of doublings
+    /// (whose garbage a burst of them turns into megabytes of allocator churn).
+    fn size_hint(&self) -> usize {
+        const FIXED: usize = 192;
+        let message = |m: &ChatMessage| {
+            FIXED
+                + m.id.len()
+                + m.chat_id.len()
+                + m.sender_id.len()
+                + m.sender_name.len()
+                // Escapes can lengthen it; one doubling then covers them.
+                + m.content.len()
+                + m.client_message_id.as_deref().map_or(0, str::len)
+        };
+        match self {
+            Outbound::ChatMessage { message: m, .. } => message(m),
+            _ => FIXED,
+        }
     }
 
     /// The JSON text alone (tests and logs).
