@@ -395,6 +395,15 @@ fn check_api_url(text: &str) -> Result<(), ConfigError> {
 impl Config {
     /// Checks every field; the first broken rule is returned, naming its variable.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check_timers()?;
+        self.check_limits()?;
+        self.check_process()?;
+        self.check_backend()?;
+        self.check_api()
+    }
+
+    /// Heartbeat, timeouts and every duration (at most one day).
+    fn check_timers(&self) -> Result<(), ConfigError> {
         if self.heartbeat_interval_ms == 0 {
             return Err(bad("HEARTBEAT_INTERVAL", "must be at least 1 ms"));
         }
@@ -406,18 +415,6 @@ impl Config {
         }
         if self.typing_timeout_ms == 0 {
             return Err(bad("TYPING_TIMEOUT", "must be at least 1 ms"));
-        }
-        if self.max_message_size < 16 || self.max_message_size > MAX_MESSAGE_SIZE_LIMIT {
-            return Err(bad(
-                "MAX_MESSAGE_SIZE",
-                "must be between 16 bytes and 16 MiB (each connection reading a frame may reserve this much)",
-            ));
-        }
-        if self.max_outbox_bytes < 2 * self.max_message_size + 1024 {
-            return Err(bad(
-                "MAX_OUTBOX_BYTES",
-                "must be at least 2 x MAX_MESSAGE_SIZE + 1024, or one large message closes its readers",
-            ));
         }
         for (var, ms) in [
             ("HEARTBEAT_INTERVAL", self.heartbeat_interval_ms),
@@ -436,6 +433,32 @@ impl Config {
                 return Err(bad(var, "must be at most 86400000 ms (one day)"));
             }
         }
+        if self.stall_timeout_ms < MIN_STALL_TIMEOUT_MS {
+            return Err(bad("STALL_TIMEOUT", "must be at least 100 ms"));
+        }
+        if self.backend_timeout_ms == 0 {
+            return Err(bad("BACKEND_TIMEOUT", "must be at least 1 ms"));
+        }
+        if self.auth_timeout_ms == 0 {
+            return Err(bad("AUTH_TIMEOUT", "must be at least 1 ms"));
+        }
+        Ok(())
+    }
+
+    /// Sizes, queues and caps: what one client or the whole process may take.
+    fn check_limits(&self) -> Result<(), ConfigError> {
+        if self.max_message_size < 16 || self.max_message_size > MAX_MESSAGE_SIZE_LIMIT {
+            return Err(bad(
+                "MAX_MESSAGE_SIZE",
+                "must be between 16 bytes and 16 MiB (each connection reading a frame may reserve this much)",
+            ));
+        }
+        if self.max_outbox_bytes < 2 * self.max_message_size + 1024 {
+            return Err(bad(
+                "MAX_OUTBOX_BYTES",
+                "must be at least 2 x MAX_MESSAGE_SIZE + 1024, or one large message closes its readers",
+            ));
+        }
         if self.max_outbox_bytes > MAX_OUTBOX_BYTES_LIMIT {
             return Err(bad("MAX_OUTBOX_BYTES", "must be at most 1 GiB"));
         }
@@ -444,9 +467,6 @@ impl Config {
                 "OUTBOX_BUDGET",
                 "must be at least MAX_OUTBOX_BYTES (one connection's queue must fit)",
             ));
-        }
-        if self.stall_timeout_ms < MIN_STALL_TIMEOUT_MS {
-            return Err(bad("STALL_TIMEOUT", "must be at least 100 ms"));
         }
         if self.rate_limit > 0 && self.rate_burst == 0 {
             return Err(bad(
@@ -460,6 +480,11 @@ impl Config {
         if self.max_fragments == 0 {
             return Err(bad("MAX_FRAGMENTS", "must be at least 1"));
         }
+        Ok(())
+    }
+
+    /// Logging, threads and the REST pool.
+    fn check_process(&self) -> Result<(), ConfigError> {
         if !matches!(
             self.log_level.to_ascii_lowercase().as_str(),
             "debug" | "info" | "warn" | "error" | "trace"
@@ -472,15 +497,14 @@ impl Config {
         if self.backend_pool_size == 0 || self.backend_pool_size > 1024 {
             return Err(bad("BACKEND_POOL_SIZE", "must be between 1 and 1024"));
         }
-        if self.backend_timeout_ms == 0 {
-            return Err(bad("BACKEND_TIMEOUT", "must be at least 1 ms"));
-        }
         if self.backend_retries > 5 {
             return Err(bad("BACKEND_RETRIES", "must be at most 5"));
         }
-        if self.auth_timeout_ms == 0 {
-            return Err(bad("AUTH_TIMEOUT", "must be at least 1 ms"));
-        }
+        Ok(())
+    }
+
+    /// The backend choice: REST API, embedded store, demo, benchmark fixture.
+    fn check_backend(&self) -> Result<(), ConfigError> {
         if let Some(url) = &self.http_api_url {
             check_api_url(url)?;
             if self.demo {
@@ -490,6 +514,20 @@ impl Config {
                 ));
             }
         }
+        if self.bench_fixture.is_some() {
+            if self.http_api_url.is_some() || self.demo {
+                return Err(bad(
+                    "BENCH_FIXTURE",
+                    "the benchmark fixture replaces the backend; unset HTTP_API_URL and DEMO",
+                ));
+            }
+            self.fixture_size()?;
+        }
+        Ok(())
+    }
+
+    /// The server API: key, port, host, body size.
+    fn check_api(&self) -> Result<(), ConfigError> {
         match &self.api_key {
             Some(key) => key.check()?,
             None if self.api_port.is_some() => {
@@ -520,15 +558,6 @@ impl Config {
         }
         if !(1024..=API_MAX_BODY_LIMIT).contains(&self.api_max_body) {
             return Err(bad("API_MAX_BODY", "must be between 1024 bytes and 64 MiB"));
-        }
-        if self.bench_fixture.is_some() {
-            if self.http_api_url.is_some() || self.demo {
-                return Err(bad(
-                    "BENCH_FIXTURE",
-                    "the benchmark fixture replaces the backend; unset HTTP_API_URL and DEMO",
-                ));
-            }
-            self.fixture_size()?;
         }
         Ok(())
     }

@@ -95,7 +95,8 @@ pub struct Upgrade {
 }
 
 /// Parses a head from `buf`. `Ok(None)`: incomplete, read more. `Ok(Some((req, n)))`: the head
-/// is the first `n` bytes.
+/// is the first `n` bytes. Long on purpose: one pass over the headers applying every RFC 6455
+/// and body-framing rule in order, which the fuzz target and property tests drive as a whole.
 pub fn parse(buf: &[u8]) -> Result<Option<(Request, usize)>, HandshakeError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);

@@ -315,7 +315,9 @@ pub fn parse_with_serde_json(bytes: &[u8]) -> Result<Command, InboundError> {
     validate(env)
 }
 
-/// The rules of each message type, applied to a parsed envelope.
+/// The rules of each message type, applied to a parsed envelope. Long on purpose: one arm
+/// per client message type, each the complete list of that type's rules, so the whole
+/// inbound contract reads in one place (as in the README's protocol table).
 fn validate(env: Envelope<'_>) -> Result<Command, InboundError> {
     let kind = match env.kind {
         Some(Kind::Name(k)) => k,
