@@ -251,74 +251,102 @@ fn over_the_worker_budget_the_stuck_backlogs_are_shed_and_the_steady_reader_kept
 #[test]
 fn rounds_of_32_clients_by_200_messages_pass_with_default_limits() {
     // The Bun peer's benchmark rule with default settings, on the in-memory benchmark fixture
-    // (tokens t0..t31 in chat c0; its rate limit is off: it is about abuse, not flow), so the
-    // server delivers as fast as it can: every client sends 200 at once, then reads the
-    // round's 6,400, three rounds in a row. With the old 1 MiB cap every client was closed
-    // with 4009 here.
+    // (tokens t0..t31 in chat c0; its rate limit is off: it is about abuse, not flow), three
+    // rounds: every client sends 200 at once (all clients start a round together), and the
+    // next round once it has received the round's 6,400. Each client reads on a thread of
+    // its own while it writes, as an event-driven client does (the server reads a sender
+    // only as fast as it handles its messages, so a client that stopped reading while its
+    // writes wait would look stuck). With the old 1 MiB cap every client was closed with
+    // 4009 here.
     let store = TestStore::new();
     let server = ServerBuilder::new(&store.path)
         .arg("--bench-fixture")
         .arg("32:1")
         .spawn();
-    let tokens: Vec<String> = (0..32).map(|i| format!("t{i}")).collect();
     const R: usize = 32;
     const M: usize = 200;
     const ROUNDS: usize = 3;
     // ~1.2 KB frames: a round is ~7.7 MB per client, more than the kernel's socket buffers hold.
     let pad: &'static str = Box::leak("p".repeat(1000).into_boxed_str());
     let barrier = std::sync::Arc::new(std::sync::Barrier::new(R));
-    let clients: Vec<_> = tokens
-        .iter()
-        .enumerate()
-        .map(|(j, t)| {
-            // Small receive buffers, as a busy client's: the burst waits in the server.
-            let mut c = connect_with_rcvbuf(server.port, t, 16 * 1024);
-            c.expect_type("connected");
-            let barrier = barrier.clone();
-            std::thread::spawn(move || {
-                barrier.wait();
-                let mut last_seen = vec![None::<usize>; R];
-                for round in 0..ROUNDS {
-                    for k in 0..M {
-                        c.send_message("c0", &format!("{j}:{}:{pad}", round * M + k));
+    let mut threads = Vec::new();
+    for j in 0..R {
+        // Small receive buffers, as a busy client's: the burst waits in the server.
+        let (stream, early) = raw_handshake_on(
+            tcp_with_rcvbuf(server.port, 16 * 1024),
+            server.port,
+            &format!("/?token=t{j}"),
+            b"",
+        );
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let mut conn = RawConn {
+            stream: stream.try_clone().expect("clone"),
+            buf: early,
+        };
+        threads.push(std::thread::spawn(move || {
+            let mut last_seen = vec![None::<usize>; R];
+            let mut connected = false;
+            for round in 0..ROUNDS {
+                let mut got = 0;
+                while got < R * M {
+                    let frame = conn.next_frame(Instant::now() + Duration::from_secs(30));
+                    if frame
+                        .as_ref()
+                        .is_some_and(|f| f.opcode == 0x9 || f.opcode == 0xA)
+                    {
+                        continue; // heartbeat pings: this test ends long before CONNECTION_TIMEOUT
                     }
-                    // Nobody reads until everyone has sent: the round's whole burst is queued
-                    // at once, as when the server outpaces its readers.
-                    barrier.wait();
-                    let mut got = 0;
-                    while got < R * M {
-                        match c.next_frame_until(Instant::now() + Duration::from_secs(30)) {
-                            Some(Frame::Text(v)) if v["type"] == "chat:message" => {
-                                let text =
-                                    v["payload"]["message"]["content"].as_str().unwrap_or("");
-                                let mut parts = text.split(':');
-                                let (from, n): (usize, usize) = (
-                                    parts.next().and_then(|p| p.parse().ok()).expect("sender"),
-                                    parts.next().and_then(|p| p.parse().ok()).expect("n"),
-                                );
-                                assert_eq!(
-                                    last_seen[from].map_or(0, |p| p + 1),
-                                    n,
-                                    "client {j}: sender {from}'s messages out of order or missing"
-                                );
-                                last_seen[from] = Some(n);
-                                got += 1;
-                            }
-                            Some(Frame::Text(v)) if v["type"] == "error" => {
-                                panic!("client {j}: {v}")
-                            }
-                            Some(Frame::Text(_)) | Some(Frame::Ping) | Some(Frame::Pong) => {}
-                            other => {
-                                panic!("client {j} ended in round {round} after {got}: {other:?}")
-                            }
+                    let Some(v) = frame.as_ref().and_then(|f| f.text()) else {
+                        let code = frame.as_ref().and_then(|f| f.close_code());
+                        panic!("client {j} ended in round {round} after {got}: close {code:?}")
+                    };
+                    match v["type"].as_str() {
+                        Some("connected") => connected = true,
+                        Some("chat:message") => {
+                            let text = v["payload"]["message"]["content"].as_str().unwrap_or("");
+                            let mut parts = text.split(':');
+                            let (from, n): (usize, usize) = (
+                                parts.next().and_then(|p| p.parse().ok()).expect("sender"),
+                                parts.next().and_then(|p| p.parse().ok()).expect("n"),
+                            );
+                            assert_eq!(
+                                last_seen[from].map_or(0, |p| p + 1),
+                                n,
+                                "client {j}: sender {from}'s messages out of order or missing"
+                            );
+                            last_seen[from] = Some(n);
+                            got += 1;
                         }
+                        Some("error") => panic!("client {j}: {v}"),
+                        _ => {}
                     }
                 }
-            })
-        })
-        .collect();
-    for c in clients {
-        c.join().expect("a client failed");
+                assert!(connected, "client {j} never got connected");
+                if done_tx.send(()).is_err() {
+                    return;
+                }
+            }
+        }));
+        let barrier = barrier.clone();
+        threads.push(std::thread::spawn(move || {
+            let mut out = &stream;
+            for round in 0..ROUNDS {
+                barrier.wait();
+                for k in 0..M {
+                    let text = json!({"type": "chat:message", "payload": {
+                        "chatId": "c0", "content": format!("{j}:{}:{pad}", round * M + k)}})
+                    .to_string();
+                    std::io::Write::write_all(&mut out, &masked_text_frame(&text)).expect("send");
+                }
+                // The next round once this one arrived in full.
+                done_rx
+                    .recv_timeout(Duration::from_secs(120))
+                    .expect("the round never completed");
+            }
+        }));
+    }
+    for t in threads {
+        t.join().expect("a client failed");
     }
     let metrics = http_get(server.port, "/metrics").1;
     assert!(
@@ -344,16 +372,13 @@ fn a_sender_is_paced_to_a_draining_reader_on_another_worker_instead_of_the_reade
     // A small receive buffer, as a busy client's: the backlog waits in the server.
     let mut reader = connect_with_rcvbuf(server.port, &bob, 16 * 1024);
     reader.expect_type("connected");
-    std::thread::sleep(Duration::from_millis(100));
-    let reader_worker = connection_workers(&server, "bob")[0];
+    let reader_worker = worker_of_connection(&server, "bob", 1);
     // Raw sender sockets until one sits on the other worker: it writes in one thread and
     // throws its echoes away in another, so it never blocks on them.
     let mut others = Vec::new();
     let sender = loop {
         let (s, _) = raw_handshake(server.port, &format!("/?token={}", urlencode(&alice)));
-        std::thread::sleep(Duration::from_millis(50));
-        let workers = connection_workers(&server, "alice");
-        if workers.last() != Some(&reader_worker) {
+        if worker_of_connection(&server, "alice", others.len() + 1) != reader_worker {
             break s;
         }
         assert!(others.len() < 30, "30 connections of alice on bob's worker");

@@ -8,7 +8,13 @@
 //! table is shared by every worker, so this holds whichever workers the sender and its
 //! readers are on.
 //!
-//! Guarantees: a pause is never longer than [`MAX_PAUSE_MS`]; pressure ends [`HOLD_MS`] after
+//! A sender that does not read while it writes (a script bursting messages, a blocking
+//! client) cannot drain its own queue while it is paused, so pauses could make the stall rule
+//! close the very sender they slow down. Each connection's [`PaceBudget`] therefore lets
+//! pauses take at most a quarter of any stall window (`STALL_TIMEOUT`).
+//!
+//! Guarantees: a pause is never longer than [`MAX_PAUSE_MS`]; a sender spends at most a
+//! quarter of any `STALL_TIMEOUT` window paused; pressure ends [`HOLD_MS`] after
 //! the last mark, so a sender is slowed only while deliveries keep finding a draining reader
 //! behind (a reader that stops draining stops marking, and the stall rule takes it). Not
 //! guaranteed: exactness per chat. Chats share [`SLOTS`] slots by hash, so a chat that
@@ -82,6 +88,34 @@ impl Pressure {
     }
 }
 
+/// How much of the current stall window a connection has spent paused (8 bytes, in every
+/// connection).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PaceBudget {
+    /// Start of the current window, caller milliseconds.
+    window_start: u32,
+    /// Milliseconds paused in it.
+    spent: u32,
+}
+
+impl PaceBudget {
+    /// Whether a pause of `pause_ms` may be taken now, within windows of `window_ms` of which
+    /// at most a quarter may be spent paused; counts it if so.
+    pub fn take(&mut self, now_ms: u32, pause_ms: u32, window_ms: u32) -> bool {
+        if now_ms.wrapping_sub(self.window_start) >= window_ms {
+            *self = PaceBudget {
+                window_start: now_ms,
+                spent: 0,
+            };
+        }
+        if self.spent.saturating_add(pause_ms) > window_ms / 4 {
+            return false;
+        }
+        self.spent += pause_ms;
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,6 +155,24 @@ mod tests {
         assert!(p.pause("general", || u32::MAX).is_some());
         assert!(p.pause("general", || 3).is_some());
         assert_eq!(p.pause("general", || HOLD_MS), None);
+    }
+
+    #[test]
+    fn pauses_take_at_most_a_quarter_of_any_window() {
+        let mut b = PaceBudget::default();
+        let window = 1000;
+        let mut now = 5;
+        let mut taken = 0;
+        for _ in 0..100 {
+            if b.take(now, 50, window) {
+                taken += 50;
+            }
+            now += 1;
+        }
+        assert_eq!(taken, 250, "a quarter of the window, then no more");
+        assert!(!b.take(now, 50, window));
+        // The next window starts afresh.
+        assert!(b.take(now + window, 50, window));
     }
 
     #[test]

@@ -326,6 +326,7 @@ fn open_session(
     let conn = Rc::new(Conn {
         outbox,
         session: session.into(),
+        paced: Default::default(),
     });
     let slot = worker.register(conn.clone());
     (conn, slot)
@@ -651,7 +652,7 @@ impl Chat<'_> {
                 .to_frame();
                 let room = chat_arc(conn, &m.chat_id);
                 worker.publish(vec![room], frame, None, EventKind::Message);
-                worker.pace(&m.chat_id).await;
+                worker.pace(conn, &m.chat_id).await;
             }
             Err(e) => chat_backend_error(worker, conn, self.slot, self.token, &asked, &e).await,
         }
@@ -681,7 +682,7 @@ impl Chat<'_> {
                 }
                 .to_frame();
                 worker.publish(vec![chat_arc(conn, &chat_id)], frame, None, EventKind::Read);
-                worker.pace(&chat_id).await;
+                worker.pace(conn, &chat_id).await;
             }
             Err(e) => chat_backend_error(worker, conn, self.slot, self.token, &chat_id, &e).await,
         }

@@ -16,6 +16,7 @@
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -23,6 +24,9 @@ use std::task::{Context, Poll};
 use bytes::{Buf, BytesMut};
 use monoio::net::tcp::stream_poll::TcpStreamPoll;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Most bytes one read of the frame parser takes from the socket.
+const MAX_READ_AHEAD: usize = 64 * 1024;
 
 /// The reading side: the socket plus bytes read but not yet parsed.
 pub struct Input {
@@ -104,12 +108,21 @@ impl AsyncRead for Feed<'_> {
                 this.input.staging = BytesMut::new();
             }
         } else {
+            // At most MAX_READ_AHEAD per read, whatever room the parser offers: fastwebsockets
+            // offers all of its buffer's spare capacity and grows that buffer by doubling, so
+            // a sender with megabytes waiting in the kernel would otherwise be read ahead by
+            // megabytes (measured: 1-4 MiB buffers mid-burst), which is memory, and reading
+            // that the sender's back-pressure pause could not stop.
+            let mut chunk = [MaybeUninit::<u8>::uninit(); MAX_READ_AHEAD];
+            let limit = buf.remaining().min(MAX_READ_AHEAD);
+            let mut small = ReadBuf::uninit(&mut chunk[..limit]);
             let mut s = this.input.stream.borrow_mut();
-            if let Poll::Ready(r) = Pin::new(&mut *s).poll_read(cx, buf) {
+            if let Poll::Ready(r) = Pin::new(&mut *s).poll_read(cx, &mut small) {
                 r?;
             } else {
                 return Poll::Pending;
             }
+            buf.put_slice(small.filled());
         }
         this.fed
             .set(this.fed.get() + (buf.filled().len() - before) as u64);

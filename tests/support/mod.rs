@@ -1028,6 +1028,23 @@ pub fn connection_workers(server: &Server, user: &str) -> Vec<u64> {
         .collect()
 }
 
+/// The worker of `user`'s `n`-th connection (1-based, in log order), waiting up to 5 s for its
+/// "User connected" line (log lines trail the `connected` frame).
+pub fn worker_of_connection(server: &Server, user: &str, n: usize) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let workers = connection_workers(server, user);
+        if workers.len() >= n {
+            return workers[n - 1];
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no \"User connected\" line for {user}'s connection {n}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Opens more connections of `user` (reading their `connected`) until they sit on at least two
 /// workers (SO_REUSEPORT spreads them by hash), so that a test really crosses workers. The
 /// server must run with WORKERS >= 2.

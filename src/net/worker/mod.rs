@@ -37,7 +37,7 @@ use crate::backend::Backend;
 use crate::config::Config;
 use crate::config::CLOSE_GRACE;
 use crate::core::presence::{owner_of, Presence};
-use crate::core::pressure::Pressure;
+use crate::core::pressure::{PaceBudget, Pressure};
 use crate::core::room::Rooms;
 use crate::core::session::{Heartbeat, Session, User};
 use crate::core::stall::Look;
@@ -128,6 +128,8 @@ pub struct Conn {
     pub outbox: Rc<Outbox>,
     /// The sans-IO session.
     pub session: RefCell<Session>,
+    /// How much of the current stall window publisher back-pressure paused this sender.
+    pub paced: Cell<PaceBudget>,
 }
 
 /// A worker's state. Lives on its thread only.
@@ -362,9 +364,17 @@ impl Worker {
 
     /// Publisher back-pressure (`core::pressure`): called by a connection's reader after it
     /// published to `chat`; pauses reading from that sender briefly while a reader of the
-    /// chat, on any worker, is draining a long backlog.
-    pub async fn pace(&self, chat: &str) {
-        if let Some(pause) = self.shared.pressure.pause(chat, now_ms) {
+    /// chat, on any worker, is draining a long backlog, for at most a quarter of any
+    /// `STALL_TIMEOUT` window (the sender's budget).
+    pub async fn pace(&self, sender: &Conn, chat: &str) {
+        let Some(pause) = self.shared.pressure.pause(chat, now_ms) else {
+            return;
+        };
+        let mut budget = sender.paced.get();
+        let window = u32::try_from(self.config().stall_timeout_ms).unwrap_or(u32::MAX);
+        let allowed = budget.take(now_ms(), pause.as_millis() as u32, window);
+        sender.paced.set(budget);
+        if allowed {
             self.metrics.publisher_pauses.inc();
             monoio::time::sleep(pause).await;
         }
