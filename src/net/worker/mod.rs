@@ -461,11 +461,6 @@ impl Worker {
         }
     }
 
-    /// When the earliest typing indicator on this worker expires (`core::typing`).
-    fn typing_deadline(&self) -> Option<Instant> {
-        self.typing.borrow().poll_timeout()
-    }
-
     fn tick(&self, now: Instant, heartbeat_due: bool) {
         let expired = self.typing.borrow_mut().handle_timeout(now);
         for (slot, chat) in expired {

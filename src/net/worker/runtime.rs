@@ -3,10 +3,9 @@
 
 use super::*;
 
-/// Longest pause of the ticker: the beat the watchdog sees, and how late an indicator started
-/// during a pause can expire (the deadlines known when it sleeps wake it on time).
+/// Longest pause of the ticker; bounds how late a typing expiry or heartbeat can fire.
 const MAX_TICK: Duration = Duration::from_millis(100);
-/// Shortest regular pause of the ticker (a deadline can wake it sooner).
+/// Shortest pause of the ticker.
 const MIN_TICK: Duration = Duration::from_millis(5);
 /// Stack of a worker thread (virtual; only touched pages count). Generous, as parsing and
 /// serialisation recurse.
@@ -23,9 +22,6 @@ async fn mailbox_loop(worker: Rc<Worker>) {
     }
 }
 
-/// Wakes at the earliest of the worker's deadlines (a typing indicator's expiry, the next
-/// heartbeat, the next stall-rule look), and at least every `tick` so the watchdog sees the
-/// worker alive and an indicator started during the sleep is not late by more than a tick.
 async fn ticker(worker: Rc<Worker>) {
     let cfg = worker.config();
     let tick = (cfg.typing_timeout() / 4)
@@ -37,12 +33,7 @@ async fn ticker(worker: Rc<Worker>) {
     // Runs until the runtime ends (through the drain too, so the watchdog sees it alive).
     loop {
         worker.shared.liveness.tick(worker.id);
-        let now = Instant::now();
-        let mut wake = (now + tick).min(next_heartbeat).min(next_stall_look);
-        if let Some(expiry) = worker.typing_deadline() {
-            wake = wake.min(expiry);
-        }
-        monoio::time::sleep(wake.saturating_duration_since(now)).await;
+        monoio::time::sleep(tick).await;
         if worker.draining() {
             continue;
         }
