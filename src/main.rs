@@ -7,7 +7,6 @@
 //! Not guaranteed / not here: a signal before that ends the process without a drain; `user` and
 //! `chat` do not validate the configuration; the benchmark fixture turns the rate limit off.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +18,6 @@ use socket_server::backend::store::{Admin, Store, DEMO_CHATS, DEMO_USERS};
 use socket_server::backend::Backend;
 use socket_server::config::Config;
 use socket_server::metrics::Metrics;
-use socket_server::net::mailbox::{Mailbox, Mailboxes};
 use socket_server::net::worker::{self, Shared};
 use socket_server::{shutdown, telemetry};
 
@@ -273,26 +271,11 @@ fn serve(mut config: Config, huge_pages_off: bool) -> anyhow::Result<()> {
     };
     let api_local = api_first.as_ref().map(|l| l.local_addr()).transpose()?;
     let workers = config.worker_count();
-    let mailboxes: Vec<Arc<Mailbox>> = (0..workers).map(|_| Arc::new(Mailbox::default())).collect();
-    let shared = Arc::new(Shared {
-        allowed_origins: config.allowed_origins(),
-        backend: backend.clone(),
-        bus: Box::new(Mailboxes(mailboxes.clone())),
-        mailboxes,
-        listening: Default::default(),
-        stopping: Default::default(),
-        settled: Default::default(),
-        counts: Default::default(),
-        metrics,
-        liveness: Arc::new(socket_server::systemd::Liveness::new(workers)),
-        api_order: Default::default(),
-        pressure: Default::default(),
-        config,
-    });
+    let shared = Arc::new(Shared::new(config, backend.clone(), metrics));
     let handles = worker::start(shared.clone(), first, api_first)?;
     let started = Instant::now();
-    while shared.listening.load(Ordering::SeqCst) < workers {
-        if started.elapsed() > STARTUP_TIMEOUT || shared.stopping.load(Ordering::SeqCst) {
+    while shared.listening() < workers {
+        if started.elapsed() > STARTUP_TIMEOUT || shared.stopping() {
             bail!("workers failed to start listening");
         }
         std::thread::sleep(Duration::from_millis(2));
@@ -300,14 +283,14 @@ fn serve(mut config: Config, huge_pages_off: bool) -> anyhow::Result<()> {
     let stopper = shared.clone();
     shutdown::install(move || stopper.shutdown())?;
     socket_server::systemd::ready();
-    socket_server::systemd::start_watchdog(shared.liveness.clone())?;
+    socket_server::systemd::start_watchdog(shared.liveness())?;
     tracing::info!(
         host = %local.ip(),
         port = local.port(),
         workers,
         backend = backend.name(),
-        demo = shared.config.demo,
-        api = match (&shared.config.api_key, api_local) {
+        demo = shared.config().demo,
+        api = match (&shared.config().api_key, api_local) {
             (None, _) => "off".to_string(),
             (Some(_), None) => "on WS_PORT".to_string(),
             (Some(_), Some(a)) => a.to_string(),

@@ -3,7 +3,6 @@
 //! Guarantees: at most one backend probe per worker per [`PROBE_CACHE`], bounded by
 //! [`PROBE_TIMEOUT`], so readiness checks never crowd the backend that serves users.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::worker::Worker;
@@ -41,11 +40,11 @@ impl Health for Worker {
             }
         };
         Readiness {
-            listening: shared.listening.load(Ordering::SeqCst),
+            listening: shared.listening(),
             workers: shared.workers(),
             backend: backend.name(),
             backend_reachable,
-            stopping: shared.stopping.load(Ordering::SeqCst),
+            stopping: shared.stopping(),
         }
     }
 }

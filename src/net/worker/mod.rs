@@ -30,7 +30,7 @@ use monoio::net::{ListenerOpts, TcpListener};
 use slab::Slab;
 
 use super::connection;
-use super::mailbox::{Bus, ConnRef, Envelope, EventKind, Mailbox, RoomEvent};
+use super::mailbox::{Bus, ConnRef, Envelope, EventKind, Mailbox, Mailboxes, RoomEvent};
 use super::outbox::{now_ms, Class, Outbox, Pushed};
 use crate::api::{Action, ApiError, Outcome};
 use crate::backend::Backend;
@@ -62,39 +62,83 @@ pub use runtime::{accept_loop, bind_first, start};
 pub use signal::{Signal, Wait};
 
 /// State shared by all workers (read-mostly; nothing here is locked on the message path).
+/// Built by [`Shared::new`]; the shell (`net`) reads its fields, the rest of the process goes
+/// through its methods.
 pub struct Shared {
     /// Validated configuration.
-    pub config: Config,
+    pub(in crate::net) config: Config,
     /// Parsed `CORS_ORIGIN`.
-    pub allowed_origins: Vec<String>,
+    pub(in crate::net) allowed_origins: Vec<String>,
     /// The backend.
-    pub backend: Arc<dyn Backend>,
+    pub(in crate::net) backend: Arc<dyn Backend>,
     /// Every worker's mailbox, by worker id.
-    pub mailboxes: Vec<Arc<Mailbox>>,
+    mailboxes: Vec<Arc<Mailbox>>,
     /// Where room events go beyond their worker.
-    pub bus: Box<dyn Bus>,
+    bus: Box<dyn Bus>,
     /// Workers whose listener is bound.
-    pub listening: AtomicUsize,
+    listening: AtomicUsize,
     /// Set once shutdown begins.
-    pub stopping: AtomicBool,
+    stopping: AtomicBool,
     /// Workers whose drain has finished the work already accepted (every connection parked,
     /// no backend call in flight). Each drain waits for all of them before its last mailbox
     /// pass, so a message still being stored on one worker reaches its chat's members on the
     /// others before they are closed. Touched only during shutdown.
-    pub settled: AtomicUsize,
+    settled: AtomicUsize,
     /// Open connections, for `MAX_CONNECTIONS` and `MAX_CONNECTIONS_PER_IP`.
-    pub counts: ConnectionCounts,
+    pub(in crate::net) counts: ConnectionCounts,
     /// Prometheus metrics.
-    pub metrics: Metrics,
+    pub(in crate::net) metrics: Metrics,
     /// When each worker's loop last ran (for the systemd watchdog).
-    pub liveness: Arc<Liveness>,
+    liveness: Arc<Liveness>,
     /// Held while a server API request is posted to every mailbox (see [`Worker::api`]).
-    pub api_order: Mutex<()>,
+    api_order: Mutex<()>,
     /// Which chats have a draining reader far behind (publisher back-pressure, all workers).
-    pub pressure: Pressure,
+    pressure: Pressure,
 }
 
 impl Shared {
+    /// The state for `config.worker_count()` workers over `backend`.
+    pub fn new(config: Config, backend: Arc<dyn Backend>, metrics: Metrics) -> Self {
+        let workers = config.worker_count();
+        let mailboxes: Vec<Arc<Mailbox>> =
+            (0..workers).map(|_| Arc::new(Mailbox::default())).collect();
+        Self {
+            allowed_origins: config.allowed_origins(),
+            backend,
+            bus: Box::new(Mailboxes(mailboxes.clone())),
+            mailboxes,
+            listening: Default::default(),
+            stopping: Default::default(),
+            settled: Default::default(),
+            counts: Default::default(),
+            metrics,
+            liveness: Arc::new(Liveness::new(workers)),
+            api_order: Default::default(),
+            pressure: Default::default(),
+            config,
+        }
+    }
+
+    /// The validated configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Workers whose listener is bound.
+    pub fn listening(&self) -> usize {
+        self.listening.load(Ordering::SeqCst)
+    }
+
+    /// Whether shutdown began.
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// When each worker's loop last ran (what the systemd watchdog reads).
+    pub fn liveness(&self) -> Arc<Liveness> {
+        self.liveness.clone()
+    }
+
     /// Number of workers.
     pub fn workers(&self) -> usize {
         self.mailboxes.len()
