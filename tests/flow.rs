@@ -412,14 +412,11 @@ fn a_sender_is_paced_to_a_draining_reader_on_another_worker_instead_of_the_reade
     );
     let metrics = http_get(server.port, "/metrics").1;
     assert!(!metrics.contains(r#"code="4009""#), "{metrics}");
-    let pauses = metrics
-        .lines()
-        .find(|l| {
-            l.starts_with("socket_server_publisher_pauses_total")
-                && l.contains(&format!("worker=\"{sender_worker}\""))
-        })
-        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .unwrap_or(0.0);
+    let pauses = metric_of_worker(
+        &metrics,
+        "socket_server_publisher_pauses_total",
+        sender_worker,
+    );
     assert!(
         pauses > 0.0,
         "the sender's worker paused it for a reader on the other worker: {metrics}"

@@ -1,7 +1,7 @@
 //! The worker's side of `crate::http::Health`: what `/metrics` and `/readyz` read.
 //!
-//! Guarantees: at most one backend probe per worker per [`PROBE_CACHE`], bounded by
-//! [`PROBE_TIMEOUT`], so readiness checks never crowd the backend that serves users.
+//! Guarantees: at most one backend probe per worker per `PROBE_CACHE`, bounded by
+//! `PROBE_TIMEOUT`, so readiness checks never crowd the backend that serves users.
 
 use std::time::Duration;
 

@@ -238,7 +238,7 @@ impl Outbox {
 
     /// Queues a room event's frame, shared with its other recipients: copied while this
     /// connection keeps up (cheaper than counting a reference), held by reference once it is
-    /// a write chunk behind, unless it is shorter than [`SHARE_MIN`].
+    /// a write chunk behind, unless it is shorter than `SHARE_MIN`.
     pub fn push_event(&self, frame: &Bytes, class: Class) -> Pushed {
         self.push_with(frame.len(), class, |q, pending| {
             if pending < WRITE_CHUNK || frame.len() < SHARE_MIN {
@@ -321,7 +321,7 @@ impl Outbox {
 
     /// Whether this connection should slow down the senders of what it receives: over a
     /// quarter of its cap behind, and its socket accepted backlog bytes in the last
-    /// [`DRAINING_WITHIN_MS`] (a reader that is not draining is left to the stall rule;
+    /// `DRAINING_WITHIN_MS` (a reader that is not draining is left to the stall rule;
     /// slowing senders for it would help nobody). Reads the clock only when behind.
     pub fn pressing(&self) -> bool {
         if !self.behind() {

@@ -1245,6 +1245,16 @@ pub fn metric_sum(metrics: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// `name{worker="N"} value` in a /metrics text (0 when the series is absent).
+pub fn metric_of_worker(metrics: &str, name: &str, worker: u64) -> f64 {
+    let label = format!("worker=\"{worker}\"");
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name) && l.contains(&label))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0)
+}
+
 /// A socket with a tiny receive buffer that completes the handshake as `token` and then never
 /// reads.
 pub fn stuck_client(port: u16, token: &str) -> TcpStream {

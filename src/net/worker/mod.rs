@@ -12,9 +12,9 @@
 //! disconnected anyway.
 //!
 //! Here: the shared and per-worker state, registration, rooms, typing, presence, delivery and
-//! its flow control. By concern, in files of their own: [`admission`] (connection caps, live
-//! tasks), [`drain`], [`runtime`] (threads, listeners, the long-lived loops), [`server_api`]
-//! (applying server API requests on every worker) and [`signal`] (the drain's stop event).
+//! its flow control. By concern, in files of their own: `admission` (connection caps, live
+//! tasks), `drain`, `runtime` (threads, listeners, the long-lived loops), `server_api`
+//! (applying server API requests on every worker) and `signal` (the drain's stop event).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
