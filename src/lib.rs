@@ -31,6 +31,7 @@
 
 pub mod api;
 pub mod backend;
+pub mod broker;
 pub mod config;
 pub mod core;
 pub mod http;

@@ -21,6 +21,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("metrics", &["protocol"]),
     ("telemetry", &["protocol"]),
     ("backend", &["protocol", "config", "metrics"]),
+    ("broker", &["protocol", "core", "api"]),
     (
         "net",
         &[
@@ -33,6 +34,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "metrics",
             "telemetry",
             "backend",
+            "broker",
         ],
     ),
 ];

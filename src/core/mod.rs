@@ -6,6 +6,9 @@
 //! events; the core answers with decisions (deliver to these connections, start a backend call,
 //! close with this code).
 //!
+//! - [`hub`]: every chat rule of one worker, fed inputs and answering with effects; it owns
+//!   the structures below.
+//! - [`event`]: the kinds of room events and how each may be treated when a reader is behind.
 //! - [`room`]: which local connections are in which chat, with de-duplicated fan-out.
 //! - [`presence`]: per-user connection counts, reporting only first-open and last-close.
 //! - [`typing`]: typing indicators with deadlines.
@@ -16,7 +19,9 @@
 //! - [`session`]: one connection's rules — membership checks, rate-limited re-fetch of the
 //!   user's chats, liveness.
 
+pub mod event;
 pub mod history;
+pub mod hub;
 pub mod presence;
 pub mod pressure;
 pub mod rate;

@@ -23,24 +23,31 @@ impl<K> Default for Rooms<K> {
 }
 
 impl<K: Copy + Eq + Ord + Hash> Rooms<K> {
-    /// Adds `conn` to `chat` (no-op if already in it).
-    pub fn join(&mut self, chat: &Arc<str>, conn: K) {
+    /// Adds `conn` to `chat` (no-op if already in it); `true` if it is the room's first
+    /// member here (the room just opened).
+    pub fn join(&mut self, chat: &Arc<str>, conn: K) -> bool {
         let list = self.members.entry(chat.clone()).or_default();
-        if !list.contains(&conn) {
-            list.push(conn);
+        if list.contains(&conn) {
+            return false;
         }
+        list.push(conn);
+        list.len() == 1
     }
 
-    /// Removes `conn` from `chat`; drops the room when it empties.
-    pub fn leave(&mut self, chat: &str, conn: K) {
-        if let Some(list) = self.members.get_mut(chat) {
-            if let Some(i) = list.iter().position(|c| *c == conn) {
-                list.swap_remove(i);
-            }
-            if list.is_empty() {
-                self.members.remove(chat);
-            }
+    /// Removes `conn` from `chat`; drops the room when it empties and returns `true` then.
+    pub fn leave(&mut self, chat: &str, conn: K) -> bool {
+        let Some(list) = self.members.get_mut(chat) else {
+            return false;
+        };
+        let Some(i) = list.iter().position(|c| *c == conn) else {
+            return false;
+        };
+        list.swap_remove(i);
+        if list.is_empty() {
+            self.members.remove(chat);
+            return true;
         }
+        false
     }
 
     /// The local members of `chat`.
@@ -121,9 +128,14 @@ mod tests {
     fn leaving_the_last_member_drops_the_room() {
         let mut r = Rooms::default();
         let a: Arc<str> = "a".into();
-        r.join(&a, 1);
-        r.leave("a", 1);
-        r.leave("missing", 1);
+        assert!(r.join(&a, 1), "the room opens with its first member");
+        assert!(
+            !r.join(&a, 1),
+            "a second join of the same member opens nothing"
+        );
+        assert!(r.leave("a", 1), "the room closes with its last member");
+        assert!(!r.leave("a", 1));
+        assert!(!r.leave("missing", 1));
         assert!(r.is_empty());
         assert!(r.members("a").is_empty());
     }

@@ -28,19 +28,18 @@ use monoio::net::TcpStream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::handshake::{self, Request, MAX_HEAD};
-use super::mailbox::EventKind;
 use super::outbox::Outbox;
 use super::reader::{finish, linger, read_loop, End, Handler, Limits};
 use super::split::{self, Input};
 use super::worker::{Conn, Refused, TaskGuard, Worker};
-use crate::backend::{BackendError, NewMessage, Profile};
-use crate::core::rate::{Admission, RateLimit};
-use crate::core::session::{Decision, Session, User};
+use crate::backend::{BackendError, Profile};
+use crate::core::hub::Step;
+use crate::core::session::User;
 use crate::http::http_response;
 use crate::metrics::call;
 use crate::protocol::frame::Message;
 use crate::protocol::outbound::{error_frame, ErrorDetails, Outbound};
-use crate::protocol::{inbound, timestamp, CloseCode, Command, ErrorCode, HistoryRequest};
+use crate::protocol::{inbound, CloseCode, Command, ErrorCode};
 
 /// Most connections over the caps that may still be read for a health probe, process-wide.
 const MAX_PROBES: usize = 16;
@@ -190,11 +189,11 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
         worker.shared.metrics.closed(CloseCode::GoingAway);
         return linger(&mut input, &outbox).await;
     }
-    let (conn, slot) = open_session(&worker, outbox, profile, chats);
+    let (conn, slot, user, chats) = open_session(&worker, outbox, profile, chats);
     tracing::info!(
-        user_id = %conn.session.borrow().user().id,
-        chat_count = conn.session.borrow().chats().len(),
-        chat_ids = ?conn.session.borrow().chats(),
+        user_id = %user.id,
+        chat_count = chats.len(),
+        chat_ids = ?chats,
         worker = worker.id,
         path = %path,
         auth_ms = started.elapsed().as_secs_f64() * 1e3,
@@ -287,14 +286,13 @@ async fn authenticate(
     }
 }
 
-/// Opens the session of an authenticated user: queues `connected`, then joins the rooms.
+/// Opens the session of an authenticated user in the hub (`connected` first, then its rooms).
 fn open_session(
     worker: &Worker,
     outbox: Rc<Outbox>,
     profile: Profile,
     chats: Vec<String>,
-) -> (Rc<Conn>, usize) {
-    let now = Instant::now();
+) -> (Rc<Conn>, usize, User, Vec<Arc<str>>) {
     let chats: Vec<Arc<str>> = chats.into_iter().map(Arc::from).collect();
     let name = if profile.name.is_empty() {
         profile.user_id.clone()
@@ -305,31 +303,12 @@ fn open_session(
         id: profile.user_id.into(),
         name: name.into(),
     };
-    // `connected` is queued before the rooms are joined, in the same tick: it is the first
-    // frame the client sees, and no room event can fall between the two.
-    outbox.push(
-        &Outbound::Connected {
-            user_id: &user.id,
-            chat_ids: &chats,
-        }
-        .to_frame(),
-    );
-    let cfg = worker.config();
-    let session = Session::new(
-        user,
-        chats,
-        now,
-        cfg.chats_refetch_interval(),
-        cfg.connection_timeout(),
-        RateLimit::new(cfg.rate_limit, cfg.rate_burst, now),
-    );
     let conn = Rc::new(Conn {
         outbox,
-        session: session.into(),
         paced: Default::default(),
     });
-    let slot = worker.register(conn.clone());
-    (conn, slot)
+    let slot = worker.open(user.clone(), chats.clone(), conn.clone());
+    (conn, slot, user, chats)
 }
 
 /// The steady state of an authenticated connection: the read loop, then the close.
@@ -377,8 +356,10 @@ async fn steady(
         End::Gone => conn.outbox.close(CloseCode::Normal),
         End::ClientClosed | End::Closed => {}
     }
-    worker.unregister(slot);
-    tracing::info!(user_id = %conn.session.borrow().user().id, worker = worker.id, "User disconnected");
+    if let Some(user) = worker.user_of(slot) {
+        tracing::info!(user_id = %user.id, worker = worker.id, "User disconnected");
+    }
+    worker.close(slot);
     // Boxed, like every rarely used state, to keep the idle task small. Both end by aborting
     // the writer, so the socket is released even if the peer never reads.
     if matches!(end, End::Gone | End::ClientClosed) {
@@ -422,7 +403,7 @@ struct Chat<'a> {
 
 impl Handler for Chat<'_> {
     fn seen(&mut self, now: Instant) {
-        self.conn.session.borrow_mut().seen(now);
+        self.worker.seen(self.slot, now);
     }
 
     fn draining(&self) -> bool {
@@ -430,31 +411,9 @@ impl Handler for Chat<'_> {
     }
 
     async fn message(&mut self, message: Message, now: Instant) {
-        let admission = self.conn.session.borrow_mut().admit(now);
-        match admission {
-            Admission::Allowed => {}
-            Admission::Rejected => {
-                return send_error(
-                    self.worker,
-                    &self.conn.outbox,
-                    ErrorCode::RateLimited,
-                    "Too many messages; slow down",
-                    None,
-                );
-            }
-            Admission::Abusive => {
-                tracing::warn!(user_id = %self.conn.session.borrow().user().id, "Rate limit abuse, closing");
-                send_error(
-                    self.worker,
-                    &self.conn.outbox,
-                    ErrorCode::RateLimited,
-                    "Too many messages",
-                    None,
-                );
-                self.worker.shared.metrics.closed(CloseCode::RateLimited);
-                self.conn.outbox.close(CloseCode::RateLimited);
-                return;
-            }
+        let (worker, slot) = (self.worker, self.slot);
+        if !worker.admit_message(slot, now) {
+            return;
         }
         let mut payload = message.payload;
         let parsed = inbound::parse(&mut payload);
@@ -466,285 +425,32 @@ impl Handler for Chat<'_> {
             Ok(Command::History(_)) => 4,
             Err(_) => 5,
         };
-        self.worker.metrics.messages_in[kind].inc();
-        match parsed {
-            Ok(cmd) => self.handle(cmd, now).await,
-            Err(e) => send_error(
-                self.worker,
-                &self.conn.outbox,
-                e.code(),
-                &e.to_string(),
-                None,
-            ),
-        }
-    }
-}
-
-fn send_error(
-    worker: &Worker,
-    outbox: &Outbox,
-    code: ErrorCode,
-    message: &str,
-    status: Option<u16>,
-) {
-    worker.shared.metrics.error(code);
-    // Codes that end the connection (AUTH_FAILED mid-session: the token was revoked) do so.
-    let close = code.close_code();
-    let details = ErrorDetails { status };
-    outbox.push(
-        &Outbound::Error {
-            code,
-            message,
-            details: &details,
-        }
-        .to_frame(),
-    );
-    if let Some(close) = close {
-        worker.shared.metrics.closed(close);
-        outbox.close(close);
-    }
-}
-
-fn not_participant(worker: &Worker, conn: &Conn) {
-    send_error(
-        worker,
-        &conn.outbox,
-        ErrorCode::NotParticipant,
-        "Not a participant of this chat",
-        None,
-    );
-}
-
-fn backend_error(worker: &Worker, outbox: &Outbox, e: &BackendError) {
-    send_error(worker, outbox, e.code(), &e.client_message(), e.status());
-}
-
-/// Answers a backend error for an action in `chat`. `NOT_PARTICIPANT` for a chat the session
-/// believed it was in may mean the user was removed from it (or only that this action is not
-/// allowed, e.g. a read receipt for a missing message): the chat list is re-fetched (within the
-/// session's re-fetch budget) and decides which rooms the connection stays in, so a removed
-/// user stops receiving the chat without waiting for a reconnect.
-async fn chat_backend_error(
-    worker: &Worker,
-    conn: &Conn,
-    slot: usize,
-    token: &str,
-    chat: &str,
-    e: &BackendError,
-) {
-    backend_error(worker, &conn.outbox, e);
-    if !matches!(e, BackendError::NotParticipant(_)) {
-        return;
-    }
-    let verify = {
-        let mut session = conn.session.borrow_mut();
-        session.is_member(chat) && session.start_refetch(Instant::now())
-    };
-    if !verify {
-        return;
-    }
-    let backend = worker.shared.backend.clone();
-    if let Ok(chats) = worker.backend_call(call::CHATS, backend.chats(token)).await {
-        let chats = chats.into_iter().map(Arc::from).collect();
-        let change = conn.session.borrow_mut().refetched(chats);
-        worker.rejoin(slot, &change.joined, &change.left);
+        worker.metrics.messages_in[kind].inc();
+        let step = match parsed {
+            Ok(cmd) => worker.command(slot, cmd, now),
+            Err(e) => {
+                worker.reject(slot, e.code(), e.to_string());
+                Step::Done
+            }
+        };
+        self.follow(step).await;
     }
 }
 
 impl Chat<'_> {
-    /// Carries out one parsed command, in arrival order.
-    async fn handle(&self, cmd: Command, now: Instant) {
-        let Some(cmd) = self.admitted(cmd, now).await else {
-            return;
-        };
-        let (worker, conn, slot, token) = (self.worker, self.conn, self.slot, self.token);
-        match cmd {
-            Command::Ping => {
-                let ts = timestamp::now();
-                conn.outbox
-                    .push(&Outbound::Pong { timestamp: &ts }.to_frame());
-            }
-            Command::SendMessage {
-                chat_id,
-                content,
-                client_message_id,
-            } => self.send_message(chat_id, content, client_message_id).await,
-            Command::MarkRead {
-                chat_id,
-                message_id,
-            } => self.mark_read(chat_id, message_id).await,
-            // Boxed, like every rarely used state, to keep the idle task small.
-            Command::History(req) => Box::pin(history(worker, conn, slot, token, *req)).await,
-            Command::Typing { chat_id, is_typing } => self.typing(&chat_id, is_typing, now),
-        }
-    }
-
-    /// The membership rule (`core::session`): the command if the user is in its chat, after
-    /// one re-fetch of the chat list if the session asks for it; `None` once answered.
-    async fn admitted(&self, cmd: Command, now: Instant) -> Option<Command> {
-        let (worker, conn) = (self.worker, self.conn);
-        let decision = conn.session.borrow_mut().decide(cmd, now);
-        let cmd = match decision {
-            Decision::Execute(cmd) => return Some(cmd),
-            Decision::NotParticipant(_) => {
-                not_participant(worker, conn);
-                return None;
-            }
-            Decision::Refetch(cmd) => cmd,
-        };
-        let backend = worker.shared.backend.clone();
-        match worker
-            .backend_call(call::CHATS, backend.chats(self.token))
-            .await
-        {
-            Ok(chats) => {
-                let chats = chats.into_iter().map(Arc::from).collect();
-                let change = conn.session.borrow_mut().refetched(chats);
-                worker.rejoin(self.slot, &change.joined, &change.left);
-                let decision = conn.session.borrow().after_refetch(cmd);
-                match decision {
-                    Decision::Execute(cmd) => Some(cmd),
-                    _ => {
-                        not_participant(worker, conn);
-                        None
-                    }
+    /// Follows the hub's steps for one command: each backend call it asks for, in turn, then
+    /// the sender's pacing. The read loop reads nothing more until this returns, so a
+    /// connection's commands are carried out in arrival order.
+    async fn follow(&self, mut step: Step) {
+        loop {
+            match step {
+                Step::Done => return,
+                Step::Pace(chat) => return self.worker.pace(self.conn, &chat).await,
+                Step::Call(mut call) => {
+                    let answer = self.worker.call(self.token, &mut call).await;
+                    step = self.worker.reply(self.slot, call, answer);
                 }
             }
-            Err(e) => {
-                backend_error(worker, &conn.outbox, &e);
-                None
-            }
         }
     }
-
-    /// `chat:message`: stored by the backend, then published to the chat (the sender's
-    /// devices included), then paced (publisher back-pressure).
-    async fn send_message(
-        &self,
-        chat_id: String,
-        content: String,
-        client_message_id: Option<String>,
-    ) {
-        let (worker, conn) = (self.worker, self.conn);
-        let user = conn.session.borrow().user().clone();
-        let asked = chat_arc(conn, &chat_id);
-        let new = NewMessage {
-            chat_id,
-            content,
-            client_message_id,
-            sender_id: user.id.to_string(),
-            sender_name: user.name.to_string(),
-        };
-        let backend = worker.shared.backend.clone();
-        let created = worker
-            .backend_call(
-                call::CREATE_MESSAGE,
-                backend.create_message(self.token, new),
-            )
-            .await;
-        match created {
-            Ok(m) => {
-                tracing::debug!(user_id = %user.id, chat_id = %m.chat_id, message_id = %m.id, "Message sent");
-                let frame = Outbound::ChatMessage {
-                    chat_id: &m.chat_id,
-                    message: &m,
-                }
-                .to_frame();
-                let room = chat_arc(conn, &m.chat_id);
-                worker.publish(vec![room], frame, None, EventKind::Message);
-                worker.pace(conn, &m.chat_id).await;
-            }
-            Err(e) => chat_backend_error(worker, conn, self.slot, self.token, &asked, &e).await,
-        }
-    }
-
-    /// `chat:read`: recorded by the backend, then published to the chat and paced.
-    async fn mark_read(&self, chat_id: String, message_id: String) {
-        let (worker, conn) = (self.worker, self.conn);
-        let backend = worker.shared.backend.clone();
-        let marked = worker
-            .backend_call(
-                call::MARK_READ,
-                backend.mark_read(self.token, &chat_id, &message_id),
-            )
-            .await;
-        match marked {
-            Ok(read_at) => {
-                let user = conn.session.borrow().user().clone();
-                // The seed's fallback when the API does not say when.
-                let read_at = read_at.unwrap_or_else(timestamp::now);
-                tracing::debug!(user_id = %user.id, chat_id = %chat_id, message_id = %message_id, "Read receipt");
-                let frame = Outbound::ChatRead {
-                    chat_id: &chat_id,
-                    message_id: &message_id,
-                    user_id: &user.id,
-                    read_at: &read_at,
-                }
-                .to_frame();
-                worker.publish(vec![chat_arc(conn, &chat_id)], frame, None, EventKind::Read);
-                worker.pace(conn, &chat_id).await;
-            }
-            Err(e) => chat_backend_error(worker, conn, self.slot, self.token, &chat_id, &e).await,
-        }
-    }
-
-    /// `chat:typing`: the timer starts or stops, and the chat hears it, except this
-    /// connection (the only event that excludes its sender).
-    fn typing(&self, chat_id: &str, is_typing: bool, now: Instant) {
-        let (worker, conn) = (self.worker, self.conn);
-        let user = conn.session.borrow().user().clone();
-        let room = chat_arc(conn, chat_id);
-        worker.set_typing(self.slot, &room, is_typing, now);
-        tracing::debug!(user_id = %user.id, chat_id = %chat_id, is_typing, "Typing");
-        let frame = Outbound::ChatTyping {
-            chat_id,
-            user_id: &user.id,
-            user_name: &user.name,
-            is_typing,
-        }
-        .to_frame();
-        let sender = Some((worker.id, self.slot));
-        worker.publish(vec![room], frame, sender, EventKind::Typing);
-    }
-}
-
-/// Answers `chat:history` with a page, to this connection only.
-async fn history(worker: &Worker, conn: &Conn, slot: usize, token: &str, req: HistoryRequest) {
-    let backend = worker.shared.backend.clone();
-    let HistoryRequest {
-        chat_id,
-        page,
-        request_id,
-    } = req;
-    match worker
-        .backend_call(call::HISTORY, backend.history(token, &chat_id, &page))
-        .await
-    {
-        Ok(mut h) => {
-            // One frame into the outbox: it must fit well under the cap.
-            let budget = worker.config().max_outbox_bytes / 2;
-            crate::core::history::fit(&page, &mut h.messages, &mut h.has_more, budget);
-            conn.outbox.push(
-                &Outbound::ChatHistory {
-                    chat_id: &chat_id,
-                    messages: &h.messages,
-                    has_more: h.has_more,
-                    request_id: request_id.as_deref(),
-                }
-                .to_frame(),
-            );
-        }
-        Err(e) => Box::pin(chat_backend_error(worker, conn, slot, token, &chat_id, &e)).await,
-    }
-}
-
-/// The session's shared id for `chat` (so rooms keyed by it match), or a new one.
-fn chat_arc(conn: &Conn, chat: &str) -> Arc<str> {
-    conn.session
-        .borrow()
-        .chats()
-        .iter()
-        .find(|c| &***c == chat)
-        .cloned()
-        .unwrap_or_else(|| chat.into())
 }

@@ -1,8 +1,8 @@
 //! The monoio shell: threads, sockets and timers around the sans-IO core.
 //!
 //! - [`worker`]: one thread per core, each a monoio runtime (io_uring, or epoll where io_uring
-//!   is unavailable) with its own `SO_REUSEPORT` listener, connection table, rooms, typing timers
-//!   and presence shard.
+//!   is unavailable) with its own `SO_REUSEPORT` listener and its [`crate::core::hub::Hub`]
+//!   (connections, rooms, typing timers, presence shard), whose effects it carries out.
 //! - [`api`]: the server API's requests (on `WS_PORT` or `API_PORT`), rules in `crate::api`.
 //! - [`health`]: what `/metrics` and `/readyz` read from a worker (`crate::http::Health`).
 //! - [`handshake`]: the HTTP/1.1 upgrade, parsed with httparse; Origin and token rules.
@@ -10,18 +10,16 @@
 //! - [`reader`]: the frame loop (RFC 6455 obligations, limits), shared with the echo.
 //! - [`echo`]: the conformance echo for Autobahn, on the same frame loop.
 //! - [`outbox`]: a connection's outgoing bytes, coalesced into one write per tick.
-//! - [`mailbox`]: lock-free, batched delivery of events from other workers.
 //! - [`split`]: the socket's read and write halves for the two tasks of a connection.
 //!
 //! Guarantee: nothing here takes a lock shared with another worker on the message path; what
-//! crosses workers goes through [`mailbox`].
+//! crosses workers goes through the broker seam ([`crate::broker`]).
 
 pub mod api;
 pub mod connection;
 pub mod echo;
 pub mod handshake;
 pub mod health;
-pub mod mailbox;
 pub mod outbox;
 pub mod reader;
 pub mod split;

@@ -41,6 +41,7 @@ use bytes::{Buf, Bytes};
 use tokio::io::AsyncWriteExt;
 
 use super::split::WriteHalf;
+pub use crate::core::event::Class;
 use crate::core::stall::{Look, StallWatch};
 use crate::protocol::frame::close_frame;
 use crate::protocol::CloseCode;
@@ -88,15 +89,6 @@ fn queued_sub(n: usize) {
 /// Bytes queued in every outbox of the calling thread (one worker's).
 pub fn queued_here() -> usize {
     QUEUED.with(Cell::get)
-}
-
-/// How a frame may be treated under back-pressure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Class {
-    /// Must arrive, or the connection ends (messages, receipts, replies).
-    Reliable,
-    /// May be dropped when the client is behind (typing, presence, pings).
-    Volatile,
 }
 
 /// What happened to a pushed frame.

@@ -11,8 +11,8 @@ impl Worker {
     pub(super) async fn drain(&self) {
         let cfg = self.config();
         let deadline = Instant::now() + cfg.drain_wait();
-        for (_, c) in self.conns.borrow().iter() {
-            c.outbox.interrupt();
+        for (_, m) in self.hub.borrow().iter() {
+            m.io.outbox.interrupt();
         }
         // Every connection finishes what it already read (answers, deliveries, backend calls)
         // and parks; then nobody can start new work.
@@ -38,7 +38,7 @@ impl Worker {
         }
         // Close in jittered batches over DRAIN_WINDOW, so clients do not all reconnect (to the
         // next instance) at the same instant.
-        let slots: Vec<usize> = self.conns.borrow().iter().map(|(slot, _)| slot).collect();
+        let slots: Vec<usize> = self.hub.borrow().iter().map(|(slot, _)| slot).collect();
         let batches = slots.len().clamp(1, DRAIN_BATCHES);
         let per_batch = slots.len().div_ceil(batches).max(1);
         let pause = cfg.drain_window() / batches as u32;
@@ -48,12 +48,12 @@ impl Worker {
                 let jitter = rand::random::<f64>() + 0.5; // 0.5x .. 1.5x
                 monoio::time::sleep(pause.mul_f64(jitter)).await;
             }
-            let conns = self.conns.borrow();
+            let hub = self.hub.borrow();
             for slot in batch {
-                if let Some(c) = conns.get(*slot) {
-                    c.outbox.push(&notice);
+                if let Some(m) = hub.get(*slot) {
+                    m.io.outbox.push(&notice);
                     self.shared.metrics.closed(CloseCode::GoingAway);
-                    c.outbox.close(CloseCode::GoingAway);
+                    m.io.outbox.close(CloseCode::GoingAway);
                 }
             }
         }

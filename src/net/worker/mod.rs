@@ -30,22 +30,20 @@ use monoio::net::{ListenerOpts, TcpListener};
 use slab::Slab;
 
 use super::connection;
-use super::mailbox::{Bus, ConnRef, Envelope, EventKind, Mailbox, Mailboxes, RoomEvent};
 use super::outbox::{now_ms, Class, Outbox, Pushed};
 use crate::api::{Action, ApiError, Outcome};
-use crate::backend::Backend;
+use crate::backend::{Backend, BackendError, NewMessage};
+use crate::broker::{Bus, ConnId, Envelope, EventKind, Local, Mailbox, NodeId, Origin, RoomEvent};
 use crate::config::Config;
 use crate::config::CLOSE_GRACE;
-use crate::core::presence::{owner_of, Presence};
+use crate::core::hub::{Answer, Call, Effect, Failure, Hub, HubConfig, Step};
 use crate::core::pressure::{PaceBudget, Pressure};
-use crate::core::room::Rooms;
-use crate::core::session::{Heartbeat, Session, User};
+use crate::core::session::User;
 use crate::core::stall::Look;
-use crate::core::typing::Typing;
-use crate::metrics::{Metrics, WorkerMetrics};
+use crate::metrics::{call, Metrics, WorkerMetrics};
 use crate::protocol::frame::control_frame;
-use crate::protocol::outbound::error_frame;
-use crate::protocol::{CloseCode, ErrorCode, Outbound};
+use crate::protocol::outbound::{error_frame, ErrorDetails};
+use crate::protocol::{timestamp, CloseCode, ErrorCode, Outbound};
 use crate::systemd::Liveness;
 
 /// Size of the worker's shared read buffer: the most one socket read takes in one go.
@@ -71,9 +69,11 @@ pub struct Shared {
     pub(in crate::net) allowed_origins: Vec<String>,
     /// The backend.
     pub(in crate::net) backend: Arc<dyn Backend>,
+    /// This process in the cluster.
+    node: NodeId,
     /// Every worker's mailbox, by worker id.
     mailboxes: Vec<Arc<Mailbox>>,
-    /// Where room events go beyond their worker.
+    /// Where room events and presence changes go beyond their worker.
     bus: Box<dyn Bus>,
     /// Workers whose listener is bound.
     listening: AtomicUsize,
@@ -105,7 +105,8 @@ impl Shared {
         Self {
             allowed_origins: config.allowed_origins(),
             backend,
-            bus: Box::new(Mailboxes(mailboxes.clone())),
+            node: NodeId::random(),
+            bus: Box::new(Local::new(mailboxes.clone())),
             mailboxes,
             listening: Default::default(),
             stopping: Default::default(),
@@ -139,6 +140,11 @@ impl Shared {
         self.liveness.clone()
     }
 
+    /// This process's node id (logged at start-up).
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+
     /// Number of workers.
     pub fn workers(&self) -> usize {
         self.mailboxes.len()
@@ -155,23 +161,10 @@ impl Shared {
     }
 }
 
-/// The `chat:typing` frame that ends `user`'s indicator in `chat`.
-fn typing_stopped_frame(user: &User, chat: &str) -> Bytes {
-    Outbound::ChatTyping {
-        chat_id: chat,
-        user_id: &user.id,
-        user_name: &user.name,
-        is_typing: false,
-    }
-    .to_frame()
-}
-
-/// One authenticated connection, shared by its task and the worker's table.
+/// One authenticated connection, shared by its task and the worker's hub.
 pub struct Conn {
     /// Outgoing bytes.
     pub outbox: Rc<Outbox>,
-    /// The sans-IO session.
-    pub session: RefCell<Session>,
     /// How much of the current stall window publisher back-pressure paused this sender.
     pub paced: Cell<PaceBudget>,
 }
@@ -182,11 +175,8 @@ pub struct Worker {
     pub id: usize,
     /// Process-wide state.
     pub shared: Arc<Shared>,
-    conns: RefCell<Slab<Rc<Conn>>>,
-    rooms: RefCell<Rooms<usize>>,
-    typing: RefCell<Typing<(usize, Arc<str>)>>,
-    presence: RefCell<Presence>,
-    scratch: RefCell<Vec<usize>>,
+    /// The chat rules: connections, rooms, typing, presence, sessions.
+    hub: RefCell<Hub<Rc<Conn>>>,
     /// Where idle connections read into, one poll at a time (see `split::Input::fill`).
     pub read_scratch: RefCell<Vec<u8>>,
     /// Fired when the drain starts: stop accepting and reading.
@@ -199,18 +189,33 @@ pub struct Worker {
     pub metrics: WorkerMetrics,
 }
 
+/// A backend failure as the hub sees it.
+fn failure(e: BackendError) -> Failure {
+    Failure {
+        code: e.code(),
+        message: e.client_message(),
+        status: e.status(),
+    }
+}
+
 impl Worker {
     fn new(id: usize, shared: Arc<Shared>) -> Self {
-        let typing = Typing::new(shared.config.typing_timeout());
+        let cfg = &shared.config;
+        let rules = HubConfig {
+            typing_timeout: cfg.typing_timeout(),
+            heartbeat_interval: cfg.heartbeat_interval(),
+            connection_timeout: cfg.connection_timeout(),
+            refetch_interval: cfg.chats_refetch_interval(),
+            rate_limit: cfg.rate_limit,
+            rate_burst: cfg.rate_burst,
+            history_budget: cfg.max_outbox_bytes / 2,
+        };
+        let hub = Hub::new(rules, Instant::now(), timestamp::now);
         Self {
             id,
             metrics: shared.metrics.for_worker(id),
             shared,
-            conns: RefCell::new(Slab::new()),
-            rooms: RefCell::default(),
-            typing: RefCell::new(typing),
-            presence: RefCell::default(),
-            scratch: RefCell::default(),
+            hub: RefCell::new(hub),
             read_scratch: RefCell::new(vec![0; READ_SCRATCH]),
             stop: Signal::default(),
             inflight: Cell::new(0),
@@ -232,7 +237,15 @@ impl Worker {
 
     /// Number of connections on this worker.
     pub fn connections(&self) -> usize {
-        self.conns.borrow().len()
+        self.hub.borrow().len()
+    }
+
+    /// This worker in the cluster.
+    fn origin(&self) -> Origin {
+        Origin {
+            node: self.shared.node,
+            worker: self.id,
+        }
     }
 
     /// Runs a backend call (`call` indexes [`crate::metrics::CALLS`]), timed, and counted as
@@ -261,139 +274,218 @@ impl Worker {
         f.await
     }
 
-    /// Adds an authenticated connection: joins its rooms and counts its presence.
-    pub fn register(&self, conn: Rc<Conn>) -> usize {
-        let (user, chats) = {
-            let s = conn.session.borrow();
-            (s.user().id.clone(), s.chats().to_vec())
-        };
-        let slot = self.conns.borrow_mut().insert(conn);
-        self.metrics.connections.inc();
-        {
-            let mut rooms = self.rooms.borrow_mut();
-            for chat in &chats {
-                rooms.join(chat, slot);
+    /// Makes a backend call the hub asked for (`Step::Call`) on behalf of a connection whose
+    /// token is `token`. Takes what it sends out of `call` (the message text); the rest stays
+    /// for [`Worker::reply`].
+    pub async fn call(&self, token: &str, call: &mut Call) -> Result<Answer, Failure> {
+        let backend = &self.shared.backend;
+        let answer = match call {
+            Call::Chats { .. } => self
+                .backend_call(call::CHATS, backend.chats(token))
+                .await
+                .map(Answer::Chats),
+            Call::CreateMessage {
+                chat,
+                content,
+                client_message_id,
+                sender,
+            } => {
+                let new = NewMessage {
+                    chat_id: chat.to_string(),
+                    content: std::mem::take(content),
+                    client_message_id: client_message_id.take(),
+                    sender_id: sender.id.to_string(),
+                    sender_name: sender.name.to_string(),
+                };
+                self.backend_call(call::CREATE_MESSAGE, backend.create_message(token, new))
+                    .await
+                    .map(Answer::Created)
             }
-        }
-        self.presence_change(user, chats, true);
+            Call::MarkRead { chat, message_id } => self
+                .backend_call(call::MARK_READ, backend.mark_read(token, chat, message_id))
+                .await
+                .map(Answer::Read),
+            Call::History(req) => self
+                .backend_call(
+                    call::HISTORY,
+                    backend.history(token, &req.chat_id, &req.page),
+                )
+                .await
+                .map(|h| Answer::History {
+                    messages: h.messages,
+                    has_more: h.has_more,
+                }),
+        };
+        answer.map_err(failure)
+    }
+
+    /// Opens an authenticated connection in the hub (`connected`, rooms, presence).
+    pub fn open(&self, user: User, chats: Vec<Arc<str>>, conn: Rc<Conn>) -> usize {
+        let slot = self
+            .hub
+            .borrow_mut()
+            .open(user, chats, conn, Instant::now());
+        self.metrics.connections.inc();
+        self.flush();
         slot
     }
 
-    /// The user behind a registered connection.
-    fn user_of(&self, slot: usize) -> Option<User> {
-        let conns = self.conns.borrow();
-        let user = conns.get(slot)?.session.borrow().user().clone();
-        Some(user)
+    /// Removes a connection: it leaves its rooms, its typing indicators and presence end.
+    pub fn close(&self, slot: usize) {
+        let closed = self.hub.borrow_mut().close(slot);
+        if closed.is_some() {
+            self.metrics.connections.dec();
+        }
+        self.flush();
     }
 
-    /// Removes a connection: leaves its rooms, ends its typing indicators and presence.
-    pub fn unregister(&self, slot: usize) {
-        let Some(conn) = self.conns.borrow_mut().try_remove(slot) else {
-            return;
-        };
-        self.metrics.connections.dec();
-        let session = conn.session.borrow();
-        {
-            let mut rooms = self.rooms.borrow_mut();
-            for chat in session.chats() {
-                rooms.leave(chat, slot);
+    /// The user behind a connection.
+    pub fn user_of(&self, slot: usize) -> Option<User> {
+        self.hub.borrow().get(slot).map(|m| m.user().clone())
+    }
+
+    /// A frame arrived on a connection.
+    pub fn seen(&self, slot: usize, now: Instant) {
+        self.hub.borrow_mut().seen(slot, now);
+    }
+
+    /// The rate limit for one message; `false`: answered, drop it.
+    pub fn admit_message(&self, slot: usize, now: Instant) -> bool {
+        let allowed = self.hub.borrow_mut().admit(slot, now);
+        self.flush();
+        allowed
+    }
+
+    /// A message that is not a valid command.
+    pub fn reject(&self, slot: usize, code: ErrorCode, message: String) {
+        self.hub.borrow_mut().reject(slot, code, message);
+        self.flush();
+    }
+
+    /// A valid command from a connection; what it waits for next.
+    pub fn command(&self, slot: usize, cmd: crate::protocol::Command, now: Instant) -> Step {
+        let step = self.hub.borrow_mut().command(slot, cmd, now);
+        self.flush();
+        step
+    }
+
+    /// The backend's answer to a call the hub asked for.
+    pub fn reply(&self, slot: usize, call: Call, answer: Result<Answer, Failure>) -> Step {
+        let step = self
+            .hub
+            .borrow_mut()
+            .reply(slot, call, answer, Instant::now());
+        self.flush();
+        step
+    }
+
+    /// Carries out what the hub asked for, in its order.
+    fn flush(&self) {
+        loop {
+            // The borrow ends with this statement: effects may feed the hub again.
+            let effect = self.hub.borrow_mut().poll();
+            let Some(effect) = effect else { return };
+            match effect {
+                Effect::Send { conn, frame } => {
+                    if let Some(m) = self.hub.borrow().get(conn) {
+                        m.io.outbox.push(&frame);
+                    }
+                }
+                Effect::Ping { conn } => {
+                    if let Some(m) = self.hub.borrow().get(conn) {
+                        let ping = control_frame(fastwebsockets::OpCode::Ping, b"");
+                        m.io.outbox.push_class(&ping, Class::Volatile);
+                    }
+                }
+                Effect::Error {
+                    conn,
+                    code,
+                    message,
+                    status,
+                } => {
+                    self.shared.metrics.error(code);
+                    if let Some(m) = self.hub.borrow().get(conn) {
+                        let details = ErrorDetails { status };
+                        let frame = Outbound::Error {
+                            code,
+                            message: &message,
+                            details: &details,
+                        }
+                        .to_frame();
+                        m.io.outbox.push(&frame);
+                    }
+                }
+                Effect::Close { conn, code } => {
+                    if let Some(m) = self.hub.borrow().get(conn) {
+                        self.shared.metrics.closed(code);
+                        m.io.outbox.close(code);
+                    }
+                }
+                Effect::Publish {
+                    rooms,
+                    frame,
+                    exclude,
+                    kind,
+                } => self.publish(rooms, frame, exclude, kind),
+                Effect::Presence(change) => self.shared.bus.presence(self.id, change),
+                Effect::Interest { room, joined } => {
+                    if joined {
+                        self.shared.bus.join(self.id, &room);
+                    } else {
+                        self.shared.bus.leave(self.id, &room);
+                    }
+                }
             }
-        }
-        let user = session.user().clone();
-        for chat in session.chats() {
-            let was_typing = self.typing.borrow_mut().stop(&(slot, chat.clone()));
-            if was_typing && !self.draining() {
-                let frame = typing_stopped_frame(&user, chat);
-                self.publish(vec![chat.clone()], frame, None, EventKind::Typing);
-            }
-        }
-        if !self.draining() {
-            self.presence_change(user.id.clone(), session.chats().to_vec(), false);
         }
     }
 
-    /// Moves a connection between rooms after its chat list was re-fetched.
-    pub fn rejoin(&self, slot: usize, joined: &[Arc<str>], left: &[Arc<str>]) {
-        {
-            let mut rooms = self.rooms.borrow_mut();
-            for chat in joined {
-                rooms.join(chat, slot);
-            }
-            for chat in left {
-                rooms.leave(chat, slot);
-            }
-        }
-        // An indicator in a chat the user left ends for the others now, not at its expiry.
-        for chat in left {
-            if self.typing.borrow_mut().stop(&(slot, chat.clone())) {
-                let Some(user) = self.user_of(slot) else {
-                    continue;
-                };
-                let frame = typing_stopped_frame(&user, chat);
-                self.publish(vec![chat.clone()], frame, None, EventKind::Typing);
-            }
-        }
-    }
-
-    /// Starts or stops a connection's typing timer for `chat`.
-    pub fn set_typing(&self, slot: usize, chat: &Arc<str>, typing: bool, now: Instant) {
-        let mut t = self.typing.borrow_mut();
-        if typing {
-            t.start((slot, chat.clone()), now);
-        } else {
-            t.stop(&(slot, chat.clone()));
-        }
-    }
-
-    /// Publishes an event to `rooms`: local members now, other workers through the bus.
+    /// Publishes an event to `rooms`: local members now, everyone else through the bus.
     pub fn publish(
         &self,
         rooms: Vec<Arc<str>>,
         frame: Bytes,
-        exclude: Option<ConnRef>,
+        exclude: Option<usize>,
         kind: EventKind,
     ) {
+        let origin = self.origin();
         let event = Arc::new(RoomEvent {
             rooms,
             frame,
-            exclude,
+            origin,
+            exclude: exclude.map(|slot| ConnId { at: origin, slot }),
             kind,
         });
         self.deliver(&event);
-        if self.shared.workers() > 1 {
-            self.shared.bus.publish(self.id, event);
-        }
+        self.shared.bus.publish(event);
     }
 
     /// Queues `event` to its local members; returns how many got it.
     fn deliver(&self, event: &RoomEvent) -> usize {
-        let exclude = event.exclude.filter(|(w, _)| *w == self.id).map(|(_, s)| s);
+        let exclude = event.exclude.and_then(|c| c.slot_on(self.origin()));
         let class = event.kind.class();
-        let conns = self.conns.borrow();
-        let rooms = self.rooms.borrow();
-        let mut scratch = self.scratch.borrow_mut();
         let (mut queued, mut dropped) = (0u64, 0u64);
         let mut pressed = false;
-        rooms.for_each_member(&event.rooms, exclude, &mut scratch, |slot| {
-            let Some(c) = conns.get(slot) else { return };
-            match c.outbox.push_event(&event.frame, class) {
-                Pushed::Queued => {
-                    queued += 1;
-                    pressed = pressed || (class == Class::Reliable && c.outbox.pressing());
+        self.hub
+            .borrow_mut()
+            .for_each_member(&event.rooms, exclude, |_, m| {
+                let c = &m.io;
+                match c.outbox.push_event(&event.frame, class) {
+                    Pushed::Queued => {
+                        queued += 1;
+                        pressed = pressed || (class == Class::Reliable && c.outbox.pressing());
+                    }
+                    Pushed::Dropped => dropped += 1,
+                    Pushed::Overflow => {
+                        self.metrics.slow_consumers.inc();
+                        self.shared.metrics.closed(CloseCode::SlowConsumer);
+                        tracing::warn!(user_id = %m.user().id, "Slow consumer closed");
+                    }
                 }
-                Pushed::Dropped => dropped += 1,
-                Pushed::Overflow => {
-                    self.metrics.slow_consumers.inc();
-                    self.shared.metrics.closed(CloseCode::SlowConsumer);
-                    tracing::warn!(user_id = %c.session.borrow().user().id, "Slow consumer closed");
-                }
-            }
-        });
+            });
         self.metrics.deliveries[event.kind as usize].inc_by(queued);
         if dropped > 0 {
             self.metrics.dropped.inc_by(dropped);
         }
-        drop((conns, rooms, scratch));
         if pressed {
             let now = now_ms();
             for room in &event.rooms {
@@ -429,16 +521,13 @@ impl Worker {
     /// only if that is not enough, draining ones, largest first.
     fn shed(&self) {
         let target = self.config().outbox_budget / 10 * 9;
-        let conns = self.conns.borrow();
-        let mut backlogs: Vec<(bool, std::cmp::Reverse<usize>, usize)> = conns
+        let hub = self.hub.borrow();
+        let mut backlogs: Vec<(bool, std::cmp::Reverse<usize>, usize)> = hub
             .iter()
-            .filter(|(_, c)| c.outbox.queued() > 0 && !c.outbox.is_closing())
-            .map(|(slot, c)| {
-                (
-                    c.outbox.draining(),
-                    std::cmp::Reverse(c.outbox.queued()),
-                    slot,
-                )
+            .filter(|(_, m)| m.io.outbox.queued() > 0 && !m.io.outbox.is_closing())
+            .map(|(slot, m)| {
+                let o = &m.io.outbox;
+                (o.draining(), std::cmp::Reverse(o.queued()), slot)
             })
             .collect();
         backlogs.sort_unstable();
@@ -446,44 +535,11 @@ impl Worker {
             if super::outbox::queued_here() <= target {
                 break;
             }
-            let Some(c) = conns.get(slot) else { continue };
-            tracing::warn!(user_id = %c.session.borrow().user().id, queued, draining, "Slow consumer closed: over the worker's OUTBOX_BUDGET");
+            let Some(m) = hub.get(slot) else { continue };
+            tracing::warn!(user_id = %m.user().id, queued, draining, "Slow consumer closed: over the worker's OUTBOX_BUDGET");
             self.metrics.budget_sheds.inc();
             self.shared.metrics.closed(CloseCode::SlowConsumer);
-            c.outbox.discard();
-        }
-    }
-
-    fn presence_change(&self, user: Arc<str>, chats: Vec<Arc<str>>, opened: bool) {
-        let owner = owner_of(&user, self.shared.workers());
-        if owner == self.id {
-            self.apply_presence(&user, chats, opened);
-        } else {
-            self.shared.mailboxes[owner].post(Envelope::Presence {
-                user,
-                chats,
-                opened,
-            });
-        }
-    }
-
-    fn apply_presence(&self, user: &Arc<str>, chats: Vec<Arc<str>>, opened: bool) {
-        let changed = {
-            let mut p = self.presence.borrow_mut();
-            if opened {
-                p.connect(user)
-            } else {
-                p.disconnect(user)
-            }
-        };
-        if changed && !self.draining() && !chats.is_empty() {
-            let frame = Outbound::UserOnline {
-                user_id: user,
-                online: opened,
-            }
-            .to_frame();
-            tracing::debug!(user_id = %user, online = opened, "Presence changed");
-            self.publish(chats, frame, None, EventKind::Presence);
+            m.io.outbox.discard();
         }
     }
 
@@ -496,40 +552,21 @@ impl Worker {
                 // The requester may have given up (timeout); nothing to tell it then.
                 let _ = reply.send(self.apply_api(&actions));
             }
-            Envelope::Presence {
-                user,
-                chats,
-                opened,
-            } => self.apply_presence(&user, chats, opened),
-            Envelope::Shutdown => self.stop.fire(),
+            Envelope::Presence(change) => {
+                self.hub.borrow_mut().presence(change);
+                self.flush();
+            }
+            Envelope::Shutdown => {
+                self.hub.borrow_mut().drain();
+                self.stop.fire();
+            }
         }
     }
 
-    fn tick(&self, now: Instant, heartbeat_due: bool) {
-        let expired = self.typing.borrow_mut().handle_timeout(now);
-        for (slot, chat) in expired {
-            let Some(user) = self.user_of(slot) else {
-                continue;
-            };
-            let frame = typing_stopped_frame(&user, &chat);
-            // To the chat but not the typing connection, like the `chat:typing` it ends.
-            self.publish(vec![chat], frame, Some((self.id, slot)), EventKind::Typing);
-        }
-        if heartbeat_due {
-            let ping = control_frame(fastwebsockets::OpCode::Ping, b"");
-            for (_, c) in self.conns.borrow().iter() {
-                match c.session.borrow().heartbeat(now) {
-                    Heartbeat::Ping => {
-                        c.outbox.push_class(&ping, Class::Volatile);
-                    }
-                    Heartbeat::Expire => {
-                        tracing::info!(user_id = %c.session.borrow().user().id, "Connection timed out");
-                        self.shared.metrics.closed(CloseCode::IdleTimeout);
-                        c.outbox.close(CloseCode::IdleTimeout);
-                    }
-                }
-            }
-        }
+    /// The hub's timers (typing expiry, heartbeat) due at `now`.
+    fn timers(&self, now: Instant) {
+        self.hub.borrow_mut().handle_timeout(now);
+        self.flush();
     }
 
     /// One look of the stall rule at every connection (`core::stall`): progress counts as the
@@ -537,15 +574,16 @@ impl Worker {
     /// queue freed at once (nothing more can be written to it, not even a close frame).
     fn check_stalls(&self, now: Instant) {
         let mut queued = 0;
-        for (_, c) in self.conns.borrow().iter() {
-            queued += c.outbox.queued();
-            match c.outbox.look() {
-                Look::Progress => c.session.borrow_mut().seen(now),
+        for (_, m) in self.hub.borrow_mut().iter_mut() {
+            let outbox = &m.io.outbox;
+            queued += outbox.queued();
+            match outbox.look() {
+                Look::Progress => m.seen(now),
                 Look::Stuck => {
-                    tracing::warn!(user_id = %c.session.borrow().user().id, queued = c.outbox.queued(), "Slow consumer closed: stalled");
+                    tracing::warn!(user_id = %m.user().id, queued = outbox.queued(), "Slow consumer closed: stalled");
                     self.metrics.stall_closes.inc();
                     self.shared.metrics.closed(CloseCode::SlowConsumer);
-                    c.outbox.abort();
+                    outbox.abort();
                 }
                 Look::Idle | Look::Waiting => {}
             }

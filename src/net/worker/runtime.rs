@@ -3,10 +3,11 @@
 
 use super::*;
 
-/// Longest pause of the ticker; bounds how late a typing expiry or heartbeat can fire.
-const MAX_TICK: Duration = Duration::from_millis(100);
-/// Shortest pause of the ticker.
-const MIN_TICK: Duration = Duration::from_millis(5);
+/// Longest pause of the ticker: the liveness beat the systemd watchdog reads.
+const LIVENESS_BEAT: Duration = Duration::from_millis(100);
+/// Shortest pause of the ticker: a deadline already past (or a burst of them) is handled in
+/// the next pass, not in a busy loop.
+const MIN_TICK: Duration = Duration::from_millis(1);
 /// Stack of a worker thread (virtual; only touched pages count). Generous, as parsing and
 /// serialisation recurse.
 const WORKER_STACK: usize = 8 << 20;
@@ -22,18 +23,28 @@ async fn mailbox_loop(worker: Rc<Worker>) {
     }
 }
 
+/// Wakes when the hub's next timer (typing expiry, heartbeat) or the next stall look is due,
+/// and at least every [`LIVENESS_BEAT`] so the watchdog sees the loop alive.
 async fn ticker(worker: Rc<Worker>) {
-    let cfg = worker.config();
-    let tick = (cfg.typing_timeout() / 4)
-        .min(cfg.heartbeat_interval() / 4)
-        .clamp(MIN_TICK, MAX_TICK);
-    let mut next_heartbeat = Instant::now() + cfg.heartbeat_interval();
-    let stall_period = (cfg.stall_timeout() / u32::from(crate::core::stall::PASSES)).max(MIN_TICK);
+    let stall_period =
+        (worker.config().stall_timeout() / u32::from(crate::core::stall::PASSES)).max(MIN_TICK);
     let mut next_stall_look = Instant::now() + stall_period;
     // Runs until the runtime ends (through the drain too, so the watchdog sees it alive).
     loop {
         worker.shared.liveness.tick(worker.id);
-        monoio::time::sleep(tick).await;
+        let now = Instant::now();
+        let wake = if worker.draining() {
+            now + LIVENESS_BEAT
+        } else {
+            // Read each pass: a timer started since the last pass (a typing indicator) may be
+            // due sooner than the last answer; one started during the pause waits at most a
+            // beat, which is far below any timer's length.
+            worker.hub.borrow().poll_timeout().min(next_stall_look)
+        };
+        let pause = wake
+            .saturating_duration_since(now)
+            .clamp(MIN_TICK, LIVENESS_BEAT);
+        monoio::time::sleep(pause).await;
         if worker.draining() {
             continue;
         }
@@ -42,11 +53,7 @@ async fn ticker(worker: Rc<Worker>) {
             next_stall_look = now + stall_period;
             worker.check_stalls(now);
         }
-        let due = now >= next_heartbeat;
-        if due {
-            next_heartbeat = now + cfg.heartbeat_interval();
-        }
-        worker.tick(now, due);
+        worker.timers(now);
     }
 }
 

@@ -83,32 +83,30 @@ impl Worker {
             Action::Publish { chat, frame, .. } => Outcome::Count(self.deliver(&RoomEvent {
                 rooms: vec![chat.clone()],
                 frame: frame.clone(),
+                origin: self.origin(),
                 exclude: None,
                 kind: EventKind::Message,
             })),
             Action::Join { chat, user, frame } => {
-                let mut joined = 0;
-                for (slot, conn) in of(user) {
-                    if conn.session.borrow_mut().join(chat) {
-                        // `chat:new` first: every event of the chat comes after it.
-                        conn.outbox.push(frame);
-                        self.rejoin(*slot, std::slice::from_ref(chat), &[]);
-                        joined += 1;
-                    }
-                }
+                let joined = {
+                    let mut hub = self.hub.borrow_mut();
+                    of(user)
+                        .iter()
+                        .filter(|(slot, _)| hub.join(*slot, chat, frame))
+                        .count()
+                };
+                self.flush();
                 Outcome::Count(joined)
             }
             Action::Leave { chat, user, frame } => {
-                let mut left = 0;
-                for (slot, conn) in of(user) {
-                    let stored = conn.session.borrow_mut().leave(chat);
-                    if let Some(stored) = stored {
-                        self.rejoin(*slot, &[], &[stored]);
-                        // After leaving the room: nothing of the chat follows `chat:removed`.
-                        conn.outbox.push(frame);
-                        left += 1;
-                    }
-                }
+                let left = {
+                    let mut hub = self.hub.borrow_mut();
+                    of(user)
+                        .iter()
+                        .filter(|(slot, _)| hub.leave(*slot, chat, frame))
+                        .count()
+                };
+                self.flush();
                 Outcome::Count(left)
             }
             Action::Disconnect { user, code, frame } => {
@@ -121,18 +119,7 @@ impl Worker {
                 }
                 Outcome::Count(conns.len())
             }
-            Action::Presence { chat } => {
-                let conns = self.conns.borrow();
-                let mut users: HashMap<Arc<str>, usize> = HashMap::new();
-                for slot in self.rooms.borrow().members(chat) {
-                    if let Some(c) = conns.get(*slot) {
-                        *users
-                            .entry(c.session.borrow().user().id.clone())
-                            .or_insert(0) += 1;
-                    }
-                }
-                Outcome::Presence(users)
-            }
+            Action::Presence { chat } => Outcome::Presence(self.hub.borrow().users_in(chat)),
         }
     }
 
@@ -150,10 +137,9 @@ impl Worker {
         if found.is_empty() {
             return found;
         }
-        for (slot, conn) in self.conns.borrow().iter() {
-            let user = conn.session.borrow().user().id.clone();
-            if let Some(list) = found.get_mut(&user) {
-                list.push((slot, conn.clone()));
+        for (slot, m) in self.hub.borrow().iter() {
+            if let Some(list) = found.get_mut(&m.user().id) {
+                list.push((slot, m.io.clone()));
             }
         }
         found

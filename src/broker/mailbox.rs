@@ -5,12 +5,9 @@
 //! events therefore costs one cross-thread wake-up, not one per event (a wake-up round trip
 //! between monoio threads is tens of microseconds).
 //!
-//! This is also the seam where a multi-node broker plugs in: a room event leaves a worker only
-//! through [`Bus::publish`].
-//!
 //! Guarantees: [`Mailbox::post`] never blocks or fails; a post racing the owner going to sleep
-//! still wakes it; once [`Mailbox::close`]d (the owner ended) nothing queued stays queued; a batch comes out in queue (FIFO) order; [`Bus::publish`] for [`Mailboxes`]
-//! posts one shared `Arc` to every worker but the origin.
+//! still wakes it; once [`Mailbox::close`]d (the owner ended) nothing queued stays queued; a
+//! batch comes out in queue (FIFO) order.
 //! Not guaranteed / not here: the queue is unbounded (no back-pressure); one receiving task per
 //! mailbox (one `AtomicWaker`); `rooms` and `exclude` are applied by the receiving worker.
 
@@ -20,64 +17,17 @@ use std::sync::Arc;
 use std::task::Poll;
 
 use atomic_waker::AtomicWaker;
-use bytes::Bytes;
 use crossbeam_queue::SegQueue;
 
-use super::outbox::Class;
-
-/// A connection anywhere in the process: (worker, slot).
-pub type ConnRef = (usize, usize);
-
-/// An event for every connection in some chats.
-#[derive(Debug)]
-pub struct RoomEvent {
-    /// Target chats; a connection in several of them gets the event once.
-    pub rooms: Vec<Arc<str>>,
-    /// The encoded frame, shared by all deliveries.
-    pub frame: Bytes,
-    /// A connection that must not receive it (the sender of a typing event).
-    pub exclude: Option<ConnRef>,
-    /// What it is (decides whether it may be dropped for a client that is behind).
-    pub kind: EventKind,
-}
-
-/// The kinds of room events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventKind {
-    /// `chat:message`.
-    Message = 0,
-    /// `chat:read`.
-    Read = 1,
-    /// `chat:typing`.
-    Typing = 2,
-    /// `user:online`.
-    Presence = 3,
-}
-
-impl EventKind {
-    /// Messages and receipts must arrive; typing and presence may be dropped.
-    pub fn class(self) -> Class {
-        match self {
-            EventKind::Message | EventKind::Read => Class::Reliable,
-            EventKind::Typing | EventKind::Presence => Class::Volatile,
-        }
-    }
-}
+use super::{PresenceChange, RoomEvent};
 
 /// What workers send each other.
 #[derive(Debug)]
 pub enum Envelope {
     /// Deliver to local members.
     Room(Arc<RoomEvent>),
-    /// A user's connection opened (`+1`) or closed (`-1`); sent to the user's presence owner.
-    Presence {
-        /// The user.
-        user: Arc<str>,
-        /// Chats to announce a transition in.
-        chats: Vec<Arc<str>>,
-        /// Opened or closed.
-        opened: bool,
-    },
+    /// A user's connection opened or closed; sent to the user's presence owner.
+    Presence(PresenceChange),
     /// Server API actions to apply to local connections, in order; the outcomes go back
     /// through `reply` (one per action).
     Api {
@@ -149,25 +99,6 @@ impl Mailbox {
     pub fn take_now(&self, out: &mut Vec<Envelope>) {
         while let Some(e) = self.queue.pop() {
             out.push(e);
-        }
-    }
-}
-
-/// Where room events go beyond the publishing worker.
-pub trait Bus: Send + Sync {
-    /// Delivers `event` to every worker except `origin` (which delivered it locally).
-    fn publish(&self, origin: usize, event: Arc<RoomEvent>);
-}
-
-/// The in-process bus: every other worker's mailbox.
-pub struct Mailboxes(pub Vec<Arc<Mailbox>>);
-
-impl Bus for Mailboxes {
-    fn publish(&self, origin: usize, event: Arc<RoomEvent>) {
-        for (i, mb) in self.0.iter().enumerate() {
-            if i != origin {
-                mb.post(Envelope::Room(event.clone()));
-            }
         }
     }
 }
