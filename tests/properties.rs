@@ -2,33 +2,18 @@
 //! parser, the frame reader (with the production rules) and the JSON envelope. The same entry
 //! points are fuzzed in fuzz/ (cargo-fuzz); these run in the normal test suite.
 
+mod support;
+
 use proptest::prelude::*;
 use socket_server::net::handshake;
 use socket_server::net::reader::{decode_stream, End, Limits, Step};
 use socket_server::protocol::{inbound, CloseCode, Command};
+use support::client_frame;
 
 const LIMITS: Limits = Limits {
     max_message_size: 4096,
     max_fragments: 16,
 };
-
-/// A masked client frame.
-fn frame(fin: bool, opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-    let mut f = vec![(u8::from(fin) << 7) | opcode];
-    let len = payload.len();
-    if len < 126 {
-        f.push(0x80 | len as u8);
-    } else if len < 65_536 {
-        f.push(0x80 | 126);
-        f.extend_from_slice(&(len as u16).to_be_bytes());
-    } else {
-        f.push(0x80 | 127);
-        f.extend_from_slice(&(len as u64).to_be_bytes());
-    }
-    f.extend_from_slice(&mask);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    f
-}
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
@@ -113,7 +98,7 @@ proptest! {
         for i in 0..pieces {
             let end = if i + 1 == pieces { len } else { (i + 1) * cut };
             let opcode = if i == 0 { 0x1 } else { 0x0 };
-            stream.extend(frame(i + 1 == pieces, opcode, &payload[i * cut..end], mask));
+            stream.extend(client_frame(i + 1 == pieces, opcode, &payload[i * cut..end], mask));
         }
         let steps = decode_stream(&stream, LIMITS);
         let messages: Vec<_> = steps.iter().filter_map(|s| match s { Step::Message(m) => Some(m), _ => None }).collect();
@@ -152,9 +137,9 @@ proptest! {
         let mut pings = 0;
         for (i, piece) in pieces.iter().enumerate() {
             let opcode = if i == 0 { 0x1 } else { 0x0 };
-            stream.extend(frame(i + 1 == pieces.len(), opcode, piece, mask));
+            stream.extend(client_frame(i + 1 == pieces.len(), opcode, piece, mask));
             if ping_after[i % ping_after.len()] {
-                stream.extend(frame(true, 0x9, b"hb", mask));
+                stream.extend(client_frame(true, 0x9, b"hb", mask));
                 pings += 1;
             }
         }

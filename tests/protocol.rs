@@ -776,15 +776,8 @@ fn several_allowed_origins_are_comma_separated() {
 
 // --- framing: pings, fragments, frames split across reads, unmasked frames -----------------
 
-/// A masked client frame with any opcode and FIN bit.
-fn masked_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-    assert!(payload.len() < 126, "short frames only");
-    let mask = [0x11u8, 0x22, 0x33, 0x44];
-    let mut f = vec![(u8::from(fin) << 7) | opcode, 0x80 | payload.len() as u8];
-    f.extend_from_slice(&mask);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    f
-}
+/// The masking key of the hand-built frames below.
+const MASK: [u8; 4] = [0x11, 0x22, 0x33, 0x44];
 
 fn next_non_presence(raw: &mut RawConn, deadline: Instant) -> RawFrame {
     loop {
@@ -813,10 +806,10 @@ fn pings_fragments_and_frames_split_across_reads_are_handled() {
 
     // One write: a ping, then a chat:message in three fragments.
     let msg = br#"{"type":"chat:message","payload":{"chatId":"general","content":"fragmented"}}"#;
-    let mut bytes = masked_frame(true, 0x9, b"hb");
-    bytes.extend(masked_frame(false, 0x1, &msg[..20]));
-    bytes.extend(masked_frame(false, 0x0, &msg[20..50]));
-    bytes.extend(masked_frame(true, 0x0, &msg[50..]));
+    let mut bytes = client_frame(true, 0x9, b"hb", MASK);
+    bytes.extend(client_frame(false, 0x1, &msg[..20], MASK));
+    bytes.extend(client_frame(false, 0x0, &msg[20..50], MASK));
+    bytes.extend(client_frame(true, 0x0, &msg[50..], MASK));
     std::io::Write::write_all(&mut stream, &bytes).unwrap();
 
     let pong = next_non_presence(&mut raw, deadline);
@@ -839,7 +832,7 @@ fn pings_fragments_and_frames_split_across_reads_are_handled() {
     assert_eq!(m["payload"]["message"]["content"], "split");
 
     // RFC 6455: a client frame without a mask is a protocol error.
-    std::io::Write::write_all(&mut stream, &[0x81, 0x02, b'{', b'}']).unwrap();
+    std::io::Write::write_all(&mut stream, &encode_frame(true, 0x1, b"{}", None)).unwrap();
     let close = next_non_presence(&mut raw, deadline);
     assert_eq!(close.close_code(), Some(1002));
 }

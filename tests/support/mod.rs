@@ -1,6 +1,7 @@
 //! Shared helpers for the black-box integration tests: spawning the `socket-server` binary,
 //! provisioning users and chats through its admin CLI, and a small synchronous WebSocket client
-//! (tungstenite) whose every read is bounded by a deadline.
+//! (tungstenite) whose every read is bounded by a deadline, and the tests' one WebSocket frame
+//! encoder ([`encode_frame`]).
 //!
 //! Everything talks to the binary over real sockets on 127.0.0.1; nothing from the library crate
 //! is used.
@@ -825,23 +826,40 @@ pub fn raw_handshake_on(
     (stream, buf[head_end..].to_vec())
 }
 
-/// A client (masked) text frame carrying `text`.
-pub fn masked_text_frame(text: &str) -> Vec<u8> {
-    let payload = text.as_bytes();
-    let mask = [0x37u8, 0xfa, 0x21, 0x3d];
-    let mut f = vec![0x81u8];
-    if payload.len() < 126 {
-        f.push(0x80 | payload.len() as u8);
-    } else if payload.len() <= u16::MAX as usize {
-        f.push(0x80 | 126);
-        f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+/// Encodes one WebSocket frame (RFC 6455): the FIN bit, `opcode`, the shortest length form
+/// (7, 16 or 64 bits) for `payload`, then, with a `mask`, the MASK bit, the key and the masked
+/// payload. The one frame encoder of the tests: every hand-built frame goes through it.
+pub fn encode_frame(fin: bool, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    let mask_bit = if mask.is_some() { 0x80 } else { 0 };
+    let mut f = vec![(u8::from(fin) << 7) | opcode];
+    let len = payload.len();
+    if len < 126 {
+        f.push(mask_bit | len as u8);
+    } else if len <= u16::MAX as usize {
+        f.push(mask_bit | 126);
+        f.extend_from_slice(&(len as u16).to_be_bytes());
     } else {
-        f.push(0x80 | 127);
-        f.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+        f.push(mask_bit | 127);
+        f.extend_from_slice(&(len as u64).to_be_bytes());
     }
-    f.extend_from_slice(&mask);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    match mask {
+        Some(m) => {
+            f.extend_from_slice(&m);
+            f.extend(payload.iter().enumerate().map(|(i, b)| b ^ m[i % 4]));
+        }
+        None => f.extend_from_slice(payload),
+    }
     f
+}
+
+/// A client frame: masked with `mask`, as RFC 6455 requires of clients.
+pub fn client_frame(fin: bool, opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    encode_frame(fin, opcode, payload, Some(mask))
+}
+
+/// A client text frame (FIN, masked) carrying `text`.
+pub fn masked_text_frame(text: &str) -> Vec<u8> {
+    client_frame(true, 0x1, text.as_bytes(), [0x37, 0xfa, 0x21, 0x3d])
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
