@@ -1,313 +1,14 @@
-//! The REST backend (HTTP_API_URL set): a fake product API (hyper 1 on a current-thread tokio
-//! runtime in a background thread) implements the contract with configurable failures, and the
-//! gateway's answers are checked over real WebSockets.
+//! The REST backend (HTTP_API_URL set): the fake product API of tests/support/fake_api.rs
+//! implements the contract with configurable failures, and the gateway's answers are checked
+//! over real WebSockets.
 
 mod support;
 
-use std::collections::HashMap;
-use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Bytes, Incoming};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
+use support::fake_api::{FakeApi, Req};
 use support::*;
-
-// ---------------------------------------------------------------------------------------------
-// Fake REST API
-// ---------------------------------------------------------------------------------------------
-
-#[derive(Clone, Debug)]
-struct ApiUser {
-    user_id: String,
-    name: String,
-}
-
-/// One request the fake API received.
-#[derive(Clone, Debug)]
-struct Call {
-    method: String,
-    path: String,
-    query: String,
-    auth: Option<String>,
-    body: String,
-}
-
-/// The fake API's data and behaviour; tests mutate it through `FakeApi::state`.
-#[derive(Default)]
-struct ApiState {
-    /// token → user
-    users: HashMap<String, ApiUser>,
-    /// user id → chat ids
-    chats: HashMap<String, Vec<String>>,
-    /// token → forced (status, body) on GET /auth/profile
-    profile_error: HashMap<String, (u16, Value)>,
-    /// token → delay on GET /auth/profile
-    profile_delay: HashMap<String, Duration>,
-    /// chat → forced (status, body) on POST messages / PUT read / GET messages
-    chat_error: HashMap<String, (u16, Value)>,
-    /// chat → delay on POST messages / PUT read
-    chat_delay: HashMap<String, Duration>,
-    /// readAt returned by PUT .../read (None: a 200 without readAt)
-    read_at: Option<String>,
-    /// createdAt of created messages
-    created_at: String,
-    /// every request, in order
-    calls: Vec<Call>,
-    /// number of successful POST .../messages
-    posts: usize,
-    /// chat → stored messages, oldest first (served by GET /chats/:id/messages)
-    history: HashMap<String, Vec<Value>>,
-    next_id: u64,
-}
-
-impl ApiState {
-    fn add_user(&mut self, token: &str, id: &str, name: &str, chats: &[&str]) {
-        self.users.insert(
-            token.into(),
-            ApiUser {
-                user_id: id.into(),
-                name: name.into(),
-            },
-        );
-        self.chats
-            .insert(id.into(), chats.iter().map(|c| c.to_string()).collect());
-    }
-
-    fn route(
-        &mut self,
-        method: &Method,
-        path: &str,
-        query: &str,
-        token: Option<&str>,
-        body: &str,
-    ) -> (Option<Duration>, u16, Value) {
-        let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-        let user = token.and_then(|t| self.users.get(t)).cloned();
-        let unauthorized = (None, 401, json!({ "message": "Invalid or expired token" }));
-        match (method.clone(), segs.as_slice()) {
-            (Method::GET, ["auth", "profile"]) => {
-                let t = token.unwrap_or("");
-                let delay = self.profile_delay.get(t).copied();
-                if let Some((status, body)) = self.profile_error.get(t) {
-                    return (delay, *status, body.clone());
-                }
-                match user {
-                    Some(u) => (
-                        delay,
-                        200,
-                        json!({ "user": {
-                            "userId": u.user_id,
-                            "email": format!("{}@example.com", u.user_id),
-                            "name": u.name,
-                            "role": "member",
-                        }}),
-                    ),
-                    None => (delay, unauthorized.1, unauthorized.2),
-                }
-            }
-            (Method::GET, ["chats"]) => match user {
-                Some(u) => {
-                    let chats: Vec<Value> = self.chats[&u.user_id]
-                        .iter()
-                        .map(|c| json!({ "id": c, "name": format!("Chat {c}") }))
-                        .collect();
-                    (None, 200, json!({ "chats": chats }))
-                }
-                None => unauthorized,
-            },
-            (Method::POST, ["chats", chat, "messages"]) => {
-                let Some(u) = user else { return unauthorized };
-                let delay = self.chat_delay.get(*chat).copied();
-                if let Some((status, body)) = self.chat_error.get(*chat) {
-                    return (delay, *status, body.clone());
-                }
-                if !self.chats[&u.user_id].iter().any(|c| c == chat) {
-                    return (delay, 403, json!({ "error": "Not a member of this chat" }));
-                }
-                let req: Value = serde_json::from_str(body).unwrap_or(Value::Null);
-                let Some(content) = req["content"].as_str() else {
-                    return (delay, 400, json!({ "message": "content is required" }));
-                };
-                self.next_id += 1;
-                self.posts += 1;
-                let msg = json!({
-                    "id": format!("api-msg-{}", self.next_id),
-                    "chatId": chat,
-                    "senderId": u.user_id,
-                    "senderName": u.name,
-                    "content": content,
-                    "createdAt": self.created_at,
-                });
-                (delay, 201, json!({ "message": msg }))
-            }
-            (Method::GET, ["chats", chat, "messages"]) => {
-                // The optional history route: `limit` newest before `before`, oldest after
-                // `after`, or the latest; oldest first.
-                let Some(u) = user else { return unauthorized };
-                if let Some((status, body)) = self.chat_error.get(*chat) {
-                    return (None, *status, body.clone());
-                }
-                if !self.chats[&u.user_id].iter().any(|c| c == chat) {
-                    return (None, 403, json!({ "error": "Not a member of this chat" }));
-                }
-                let param = |name: &str| {
-                    query.split('&').find_map(|kv| {
-                        kv.strip_prefix(name)
-                            .and_then(|v| v.strip_prefix('='))
-                            .map(str::to_string)
-                    })
-                };
-                let list = self.history.get(*chat).cloned().unwrap_or_default();
-                let limit: usize = param("limit").and_then(|l| l.parse().ok()).unwrap_or(50);
-                let find = |id: &str| list.iter().position(|m| m["id"] == id);
-                let (start, end) = match (param("after"), param("before")) {
-                    (Some(a), _) => match find(&a) {
-                        Some(i) => (i + 1, (i + 1 + limit).min(list.len())),
-                        None => return (None, 400, json!({ "message": "unknown message" })),
-                    },
-                    (None, Some(b)) => match find(&b) {
-                        Some(i) => (i.saturating_sub(limit), i),
-                        None => return (None, 400, json!({ "message": "unknown message" })),
-                    },
-                    (None, None) => (list.len().saturating_sub(limit), list.len()),
-                };
-                (None, 200, json!({ "messages": list[start..end] }))
-            }
-            (Method::PUT, ["chats", chat, "messages", _mid, "read"]) => {
-                let Some(u) = user else { return unauthorized };
-                let delay = self.chat_delay.get(*chat).copied();
-                if let Some((status, body)) = self.chat_error.get(*chat) {
-                    return (delay, *status, body.clone());
-                }
-                if !self.chats[&u.user_id].iter().any(|c| c == chat) {
-                    return (delay, 403, json!({ "error": "Not a member of this chat" }));
-                }
-                match &self.read_at {
-                    Some(at) => (delay, 200, json!({ "readAt": at })),
-                    None => (delay, 200, json!({ "ok": true })),
-                }
-            }
-            _ => (None, 404, json!({ "error": "no such route" })),
-        }
-    }
-}
-
-async fn handle(
-    state: Arc<Mutex<ApiState>>,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    let query = req.uri().query().unwrap_or("").to_string();
-    let auth = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let body = match req.into_body().collect().await {
-        Ok(b) => String::from_utf8_lossy(&b.to_bytes()).to_string(),
-        Err(_) => String::new(),
-    };
-    let token = auth
-        .as_deref()
-        .and_then(|a| a.strip_prefix("Bearer "))
-        .map(str::to_string);
-    let (delay, status, value) = {
-        let mut st = state.lock().unwrap();
-        st.calls.push(Call {
-            method: method.to_string(),
-            path: path.clone(),
-            query: query.clone(),
-            auth: auth.clone(),
-            body: body.clone(),
-        });
-        st.route(&method, &path, &query, token.as_deref(), &body)
-    };
-    if let Some(d) = delay {
-        tokio::time::sleep(d).await;
-    }
-    let resp = Response::builder()
-        .status(StatusCode::from_u16(status).unwrap())
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(value.to_string())))
-        .unwrap();
-    Ok(resp)
-}
-
-/// The fake API server; stops on drop.
-struct FakeApi {
-    state: Arc<Mutex<ApiState>>,
-    url: String,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl FakeApi {
-    fn start() -> FakeApi {
-        let state = Arc::new(Mutex::new(ApiState {
-            created_at: "2024-05-01T10:00:00.000Z".into(),
-            ..Default::default()
-        }));
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind fake API");
-        listener.set_nonblocking(true).unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let stop = Arc::new(AtomicBool::new(false));
-        let (st, stop2) = (state.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                while !stop2.load(Ordering::Relaxed) {
-                    let accepted =
-                        tokio::time::timeout(Duration::from_millis(50), listener.accept()).await;
-                    if let Ok(Ok((stream, _))) = accepted {
-                        let st = st.clone();
-                        tokio::spawn(async move {
-                            let svc = service_fn(move |req| handle(st.clone(), req));
-                            let _ = http1::Builder::new()
-                                .serve_connection(TokioIo::new(stream), svc)
-                                .await;
-                        });
-                    }
-                }
-            });
-        });
-        FakeApi {
-            state,
-            url,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn with<R>(&self, f: impl FnOnce(&mut ApiState) -> R) -> R {
-        f(&mut self.state.lock().unwrap())
-    }
-
-    fn calls(&self) -> Vec<Call> {
-        self.with(|s| s.calls.clone())
-    }
-}
-
-impl Drop for FakeApi {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Fixtures
@@ -320,6 +21,8 @@ const BOB: &str = "tok-bob";
 fn api_world() -> FakeApi {
     let api = FakeApi::start();
     api.with(|s| {
+        // A 200 without readAt unless a test sets one.
+        s.read_at = None;
         s.add_user(
             ALICE,
             "alice",
@@ -409,14 +112,14 @@ fn rest_connect_message_and_read() {
     assert_eq!(mb["message"]["id"], "api-msg-1");
 
     let post = api
-        .calls()
+        .requests()
         .into_iter()
         .find(|c| c.method == "POST")
         .expect("a POST reached the API");
     assert_eq!(post.path, "/chats/room/messages");
     let body: Value = serde_json::from_str(&post.body).expect("POST body is JSON");
     assert_eq!(body["content"], "hello api");
-    assert_eq!(api.with(|s| s.posts), 1);
+    assert_eq!(api.stored().len(), 1);
 
     // readAt from the API is echoed.
     api.with(|s| s.read_at = Some("2024-05-01T10:00:05.000Z".into()));
@@ -433,7 +136,7 @@ fn rest_connect_message_and_read() {
         );
     }
     assert!(api
-        .calls()
+        .requests()
         .iter()
         .any(|c| c.method == "PUT" && c.path == "/chats/room/messages/api-msg-1/read"));
 
@@ -475,8 +178,8 @@ fn rest_authorization_header_on_every_call() {
     let m = alice.expect_type("chat:message");
     assert_eq!(m["chatId"], "later");
 
-    let calls: Vec<Call> = api
-        .calls()
+    let calls: Vec<Req> = api
+        .requests()
         .into_iter()
         .filter(|c| c.path.starts_with("/auth") || c.path.starts_with("/chats"))
         .collect();
@@ -504,7 +207,7 @@ fn rest_authorization_header_on_every_call() {
     );
     for c in &calls {
         assert_eq!(
-            c.auth.as_deref(),
+            c.auth(),
             Some("Bearer tok-alice"),
             "call without the user's bearer token: {c:?}"
         );
@@ -540,9 +243,9 @@ fn rest_profile_401_is_auth_failed_and_4001() {
 
     // The bearer token the API saw is the one the client sent.
     assert!(api
-        .calls()
+        .requests()
         .iter()
-        .any(|c| c.path == "/auth/profile" && c.auth.as_deref() == Some("Bearer tok-expired")));
+        .any(|c| c.path == "/auth/profile" && c.auth() == Some("Bearer tok-expired")));
 }
 
 #[test]
@@ -719,12 +422,12 @@ fn history_asks_the_api_for_one_more_than_the_limit_and_pages_both_ways() {
     );
     assert_eq!(latest["messages"][0]["senderName"], "Bob");
     let asked = api
-        .calls()
+        .requests()
         .into_iter()
         .rfind(|c| c.method == "GET" && c.path == "/chats/room/messages")
         .expect("the gateway called GET /chats/room/messages");
     assert_eq!(asked.query, "limit=3", "one more than the limit");
-    assert_eq!(asked.auth.as_deref(), Some("Bearer tok-alice"));
+    assert_eq!(asked.auth(), Some("Bearer tok-alice"));
 
     for (page, want, more) in [
         (
@@ -756,7 +459,7 @@ fn history_asks_the_api_for_one_more_than_the_limit_and_pages_both_ways() {
         );
     }
     assert!(api
-        .calls()
+        .requests()
         .iter()
         .any(|c| c.path == "/chats/room/messages" && c.query == "limit=3&after=h3"));
 

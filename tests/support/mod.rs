@@ -1,11 +1,13 @@
 //! Shared helpers for the black-box integration tests: spawning the `socket-server` binary,
 //! provisioning users and chats through its admin CLI, and a small synchronous WebSocket client
-//! (tungstenite) whose every read is bounded by a deadline, and the tests' one WebSocket frame
-//! encoder ([`encode_frame`]).
+//! (tungstenite) whose every read is bounded by a deadline, the tests' one WebSocket frame
+//! encoder ([`encode_frame`]), and ([`fake_api`]) the fake REST API behind `HTTP_API_URL`.
 //!
 //! Everything talks to the binary over real sockets on 127.0.0.1; nothing from the library crate
 //! is used.
 #![allow(dead_code)]
+
+pub mod fake_api;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
