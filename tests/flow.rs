@@ -15,6 +15,14 @@ use support::*;
 
 const BIG: usize = 60_000;
 
+/// A busy client's receive buffer: small next to the bursts here (megabytes), so they wait in
+/// the server. Not smaller: at 16 KiB on loopback the client's window scale is 0 and Linux
+/// opens its window only once the buffer is empty, so the server's socket sits in TCP's
+/// persist state between probes that back off exponentially; `ss -ti` showed it, and every
+/// few runs a reader that had read everything waited over `STALL_TIMEOUT` for the next probe
+/// and was closed as stalled (server log: `"writer":"writing"`).
+const SMALL_RCVBUF: usize = 256 * 1024;
+
 fn world() -> (TestStore, String, String) {
     let store = TestStore::new();
     let alice = store.add_user("alice", "Alice");
@@ -273,7 +281,7 @@ fn rounds_of_32_clients_by_200_messages_pass_with_default_limits() {
     for j in 0..R {
         // Small receive buffers, as a busy client's: the burst waits in the server.
         let (stream, early) = raw_handshake_on(
-            tcp_with_rcvbuf(server.port, 16 * 1024),
+            tcp_with_rcvbuf(server.port, SMALL_RCVBUF),
             server.port,
             &format!("/?token=t{j}"),
             b"",
@@ -370,7 +378,7 @@ fn a_sender_is_paced_to_a_draining_reader_on_another_worker_instead_of_the_reade
         .env("MAX_OUTBOX_BYTES", (4 << 20).to_string())
         .spawn();
     // A small receive buffer, as a busy client's: the backlog waits in the server.
-    let mut reader = connect_with_rcvbuf(server.port, &bob, 16 * 1024);
+    let mut reader = connect_with_rcvbuf(server.port, &bob, SMALL_RCVBUF);
     reader.expect_type("connected");
     let reader_worker = worker_of_connection(&server, "bob", 1);
     // Raw sender sockets until one sits on the other worker: it writes in one thread and
@@ -392,8 +400,9 @@ fn a_sender_is_paced_to_a_draining_reader_on_another_worker_instead_of_the_reade
         while matches!(echoes.read(&mut buf), Ok(n) if n > 0) {}
     });
     const N: usize = 200; // 12 MB
-                          // ~1.7 MB/s, a fraction of what the sender and server manage even on a loaded machine.
-    let reader = read_in_thread(reader, "the reader", N, Duration::from_millis(35));
+                          // ~2.4 MB/s: a fraction of what the sender and server manage, and slow enough that
+                          // pauses within the sender's budget (a quarter of STALL_TIMEOUT) keep it under the cap.
+    let reader = read_in_thread(reader, "the reader", N, Duration::from_millis(25));
     let mut out = &sender;
     let started = Instant::now();
     for i in 0..N {

@@ -271,10 +271,16 @@ impl ServerBuilder {
 
         let stdout = child.stdout.take().unwrap();
         let sink = lines.clone();
+        // TEST_SERVER_LOG=1 echoes the server's log lines to the test's stderr (with
+        // --nocapture), for a failure that needs them.
+        let echo = std::env::var_os("TEST_SERVER_LOG").is_some();
         let out_thread = std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
+                if echo {
+                    eprintln!("server: {line}");
+                }
                 let port = if sent { None } else { listening_port(&line) };
                 // Record the line before announcing the port, so logs() always holds it.
                 sink.lock().unwrap().push(line);
@@ -912,9 +918,17 @@ impl RawConn {
             }
             self.stream.set_read_timeout(Some(deadline - now)).unwrap();
             match self.stream.read(&mut chunk) {
-                Ok(0) => return None,
+                Ok(0) => {
+                    // Said on stderr (shown when the test fails): EOF, timeout and error all
+                    // end in `None`, and a failure must say which.
+                    eprintln!("next_frame: EOF with {} bytes unparsed", self.buf.len());
+                    return None;
+                }
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(_) => return None,
+                Err(e) => {
+                    eprintln!("next_frame: {e} ({} bytes unparsed)", self.buf.len());
+                    return None;
+                }
             }
         }
     }
