@@ -8,12 +8,15 @@
 //! The crate is layered along the road a message travels:
 //! - [`protocol`]: the wire — inbound/outbound message types, the error-code and close-code
 //!   catalogue, frame encoding. No sockets, no storage.
-//! - [`core`]: sans-IO logic — room membership, presence counting, typing timers and the
-//!   per-connection session rules — driven by explicit calls and an explicit `now`.
+//! - [`core`]: sans-IO logic — the hub (every chat rule of a worker: room membership,
+//!   presence counting, typing timers, the per-connection session rules), driven by explicit
+//!   inputs and an explicit `now`, answering with effects.
 //! - [`backend`]: the `Backend` trait and its implementations (REST API, SQLite store, benchmark
 //!   fixture), run off the I/O threads on a small blocking pool.
+//! - [`broker`]: the seam where room events and presence changes leave a worker; the
+//!   in-process bus over the workers' mailboxes.
 //! - [`net`]: the monoio shell — one worker thread per core, each with its own `SO_REUSEPORT`
-//!   listener, its connections, its rooms, and a mailbox for events from other workers.
+//!   listener and hub, carrying out the hub's effects.
 //! - [`api`]: the server API for the product's backend (deliver a message, add or remove a
 //!   chat member, disconnect a user, presence), as plain data; `net::api` serves it.
 //! - [`http`]: plain-HTTP requests served on the WebSocket port (health, readiness, demo page),

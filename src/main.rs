@@ -16,7 +16,7 @@ use socket_server::backend::fixture::Fixture;
 use socket_server::backend::rest::{RestBackend, RestOptions};
 use socket_server::backend::store::{Admin, Store, DEMO_CHATS, DEMO_USERS};
 use socket_server::backend::Backend;
-use socket_server::config::Config;
+use socket_server::config::{BackendChoice, Config, Settings};
 use socket_server::metrics::Metrics;
 use socket_server::net::worker::{self, Shared};
 use socket_server::{shutdown, telemetry};
@@ -111,7 +111,7 @@ fn main() {
     let _ = dotenvy::dotenv();
     let cli = Cli::parse();
     let result = match cli.command {
-        None | Some(Cmd::Serve) => serve(cli.config, huge_pages_off),
+        None | Some(Cmd::Serve) => serve(&cli.config, huge_pages_off),
         Some(Cmd::CheckConfig) => check_config(&cli.config),
         Some(Cmd::Echo {
             port,
@@ -144,8 +144,8 @@ fn main() {
 }
 
 /// Set when the worst-case drain outlasts the shipped unit's `TimeoutStopSec`.
-fn stop_time_warning(config: &Config) -> Option<String> {
-    let worst = config.worst_stop_time();
+fn stop_time_warning(settings: &Settings) -> Option<String> {
+    let worst = settings.drain.worst_stop_time();
     (worst > socket_server::config::UNIT_STOP_TIMEOUT).then(|| {
         format!(
             "a drain can take up to {:.1} s (SHUTDOWN_TIMEOUT, or with HTTP_API_URL \
@@ -159,12 +159,12 @@ fn stop_time_warning(config: &Config) -> Option<String> {
 }
 
 fn check_config(config: &Config) -> anyhow::Result<()> {
-    config.validate()?;
+    let settings = config.validate()?;
     println!("configuration is valid");
-    if let Some(warning) = stop_time_warning(config) {
+    if let Some(warning) = stop_time_warning(&settings) {
         println!("warning: {warning}");
     }
-    println!("{config:#?}");
+    println!("{settings:#?}");
     Ok(())
 }
 
@@ -201,53 +201,53 @@ fn chat(config: &Config, cmd: ChatCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn backend(config: &Config, metrics: &Metrics) -> anyhow::Result<Arc<dyn Backend>> {
-    if let Some(url) = &config.http_api_url {
-        tracing::info!(url = %url, pool = config.backend_pool_size, "Using the REST API backend");
-        let opts = RestOptions {
-            threads: config.backend_pool_size,
-            timeout: config.backend_timeout(),
-            retries: config.backend_retries,
-            breaker_threshold: config.breaker_threshold,
-            breaker_cooldown: config.breaker_cooldown(),
-            auth_cache_ttl: config.auth_cache_ttl(),
-        };
-        return Ok(Arc::new(RestBackend::new(
-            url,
-            &opts,
-            metrics.rest_hooks(),
-        )?));
+fn backend(settings: &Settings, metrics: &Metrics) -> anyhow::Result<Arc<dyn Backend>> {
+    match &settings.backend {
+        BackendChoice::Rest(rest) => {
+            tracing::info!(url = %rest.url, pool = rest.threads, "Using the REST API backend");
+            let opts = RestOptions {
+                threads: rest.threads,
+                timeout: rest.timeout,
+                retries: rest.retries,
+                breaker_threshold: rest.breaker_threshold,
+                breaker_cooldown: rest.breaker_cooldown,
+                auth_cache_ttl: rest.auth_cache_ttl,
+            };
+            Ok(Arc::new(RestBackend::new(
+                &rest.url,
+                &opts,
+                metrics.rest_hooks(),
+            )?))
+        }
+        BackendChoice::Fixture(size) => {
+            tracing::warn!(
+                users = size.users,
+                rooms = size.rooms,
+                "BENCHMARK MODE: in-memory fixture, tokens t0..t<users-1>, rate limit off; no real data is used"
+            );
+            Ok(Arc::new(Fixture::new(*size)))
+        }
+        BackendChoice::Store { path, demo } => {
+            if *demo {
+                let mut admin = Admin::open(path)?;
+                admin.seed_demo()?;
+                let tokens: Vec<&str> = DEMO_USERS.iter().map(|u| u.2).collect();
+                let chats: Vec<&str> = DEMO_CHATS.iter().map(|c| c.0).collect();
+                tracing::info!(chats = ?chats, tokens = ?tokens, "Demo mode: seeded users and chats");
+            }
+            let shown = path.display().to_string();
+            tracing::info!(path = %shown, "Using the embedded store");
+            Ok(Arc::new(
+                Store::start(path).with_context(|| format!("opening store {shown}"))?,
+            ))
+        }
     }
-    if let Some(size) = config.fixture_size()? {
-        tracing::warn!(
-            users = size.users,
-            rooms = size.rooms,
-            "BENCHMARK MODE: in-memory fixture, tokens t0..t<users-1>, rate limit off; no real data is used"
-        );
-        return Ok(Arc::new(Fixture::new(size)));
-    }
-    if config.demo {
-        let mut admin = Admin::open(&config.store_path)?;
-        admin.seed_demo()?;
-        let tokens: Vec<&str> = DEMO_USERS.iter().map(|u| u.2).collect();
-        let chats: Vec<&str> = DEMO_CHATS.iter().map(|c| c.0).collect();
-        tracing::info!(chats = ?chats, tokens = ?tokens, "Demo mode: seeded users and chats");
-    }
-    let path = config.store_path.display().to_string();
-    tracing::info!(path = %path, "Using the embedded store");
-    Ok(Arc::new(
-        Store::start(&config.store_path).with_context(|| format!("opening store {path}"))?,
-    ))
 }
 
-fn serve(mut config: Config, huge_pages_off: bool) -> anyhow::Result<()> {
-    config.validate()?;
-    if config.bench_fixture.is_some() && config.rate_limit > 0 {
-        // Benchmark clients send far above any per-user rate; the limit would measure itself.
-        config.rate_limit = 0;
-    }
-    let _log = telemetry::init(&config.log_level);
-    if config.transparent_huge_pages {
+fn serve(config: &Config, huge_pages_off: bool) -> anyhow::Result<()> {
+    let settings = config.validate()?;
+    let _log = telemetry::init(&settings.log_level);
+    if settings.transparent_huge_pages {
         // `main` turned them off before anything else; the operator wants them back.
         if let Err(e) = rustix::thread::disable_transparent_huge_pages(false) {
             tracing::warn!(error = %e, "Could not allow transparent huge pages");
@@ -255,23 +255,23 @@ fn serve(mut config: Config, huge_pages_off: bool) -> anyhow::Result<()> {
     } else if !huge_pages_off {
         tracing::warn!("Could not turn transparent huge pages off; RSS will count 2 MiB pages");
     }
-    if let Some(warning) = stop_time_warning(&config) {
+    if let Some(warning) = stop_time_warning(&settings) {
         tracing::warn!("{warning}");
     }
     let metrics = Metrics::new();
-    let backend = backend(&config, &metrics)?;
-    let addr = std::net::SocketAddr::new(config.host, config.ws_port);
+    let backend = backend(&settings, &metrics)?;
+    let addr = settings.listen.addr;
     let first = worker::bind_first(addr).with_context(|| format!("binding {addr}"))?;
     let local = first.local_addr()?;
-    let api_first = match config.api_addr() {
+    let api_first = match settings.api.as_ref().and_then(|a| a.own_addr) {
         Some(api) => {
             Some(worker::bind_first(api).with_context(|| format!("binding API_PORT {api}"))?)
         }
         None => None,
     };
     let api_local = api_first.as_ref().map(|l| l.local_addr()).transpose()?;
-    let workers = config.worker_count();
-    let shared = Arc::new(Shared::new(config, backend.clone(), metrics));
+    let workers = settings.listen.workers;
+    let shared = Arc::new(Shared::new(settings, backend.clone(), metrics));
     let handles = worker::start(shared.clone(), first, api_first)?;
     let started = Instant::now();
     while shared.listening() < workers {
@@ -288,9 +288,10 @@ fn serve(mut config: Config, huge_pages_off: bool) -> anyhow::Result<()> {
         host = %local.ip(),
         port = local.port(),
         workers,
+        node = %shared.node(),
         backend = backend.name(),
-        demo = shared.config().demo,
-        api = match (&shared.config().api_key, api_local) {
+        demo = shared.config().backend.demo(),
+        api = match (&shared.config().api, api_local) {
             (None, _) => "off".to_string(),
             (Some(_), None) => "on WS_PORT".to_string(),
             (Some(_), Some(a)) => a.to_string(),

@@ -17,9 +17,11 @@
 //!
 //! - [`mailbox`]: a worker's lock-free inbox, one wake-up per batch.
 //! - [`local`]: the in-process bus over the workers' mailboxes.
+//! - [`recording`]: a bus that records its calls, the test double for publishers.
 
 pub mod local;
 pub mod mailbox;
+pub mod recording;
 
 use std::sync::Arc;
 

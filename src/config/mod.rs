@@ -1,13 +1,14 @@
-//! Configuration: one struct, read from command-line flags, environment variables and `.env`.
+//! Configuration: one struct, read from command-line flags, environment variables and `.env`,
+//! validated once into typed [`Settings`] by subsystem.
 //!
 //! Precedence is flag > environment > `.env` > default (the `.env` file is loaded into the
 //! environment at start-up, without overriding variables that are already set, as the seed
 //! does). Every field names its environment variable, unit and default; defaults are the named
 //! constants below. [`Config::validate`] rejects values that cannot work and names the variable,
 //! so a bad deployment stops at start-up (`socket-server check-config`) rather than at the
-//! first connection.
+//! first connection; it is the only way to a [`Settings`], which is all the server runs on.
 //!
-//! Guarantees: a `Config` that passed [`Config::validate`] has every duration within one day,
+//! Guarantees: a [`Settings`] has every duration within one day,
 //! `MAX_MESSAGE_SIZE` within 16 B..16 MiB, an http(s) `HTTP_API_URL` with a host and no query,
 //! no conflicting backend modes (`HTTP_API_URL`, `DEMO`, `BENCH_FIXTURE`), and an `API_KEY` of
 //! at least 16 visible characters whenever `API_PORT`/`API_HOST` are set.
@@ -15,10 +16,18 @@
 //! reported; API reachability, a free port and a writable `STORE_PATH` are not checked.
 
 use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+
+mod settings;
+
+pub use settings::{
+    ApiSettings, BackendChoice, Drain, Flow, FrameLimits, Listen, Rate, RestSettings, SessionRules,
+    Settings,
+};
 
 /// Default `STALL_TIMEOUT`, in milliseconds.
 pub const DEFAULT_STALL_TIMEOUT_MS: u64 = 15_000;
@@ -393,13 +402,90 @@ fn check_api_url(text: &str) -> Result<(), ConfigError> {
 }
 
 impl Config {
-    /// Checks every field; the first broken rule is returned, naming its variable.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks every field and returns the typed settings; the first broken rule is returned,
+    /// naming its variable.
+    pub fn validate(&self) -> Result<Settings, ConfigError> {
         self.check_timers()?;
         self.check_limits()?;
         self.check_process()?;
         self.check_backend()?;
-        self.check_api()
+        self.check_api()?;
+        self.settings()
+    }
+
+    /// The settings of a configuration that passed every check.
+    fn settings(&self) -> Result<Settings, ConfigError> {
+        let ms = Duration::from_millis;
+        let backend = match (&self.http_api_url, self.fixture_size()?) {
+            (Some(url), _) => BackendChoice::Rest(RestSettings {
+                url: url.clone(),
+                threads: self.backend_pool_size,
+                timeout: ms(self.backend_timeout_ms),
+                retries: self.backend_retries,
+                breaker_threshold: self.breaker_threshold,
+                breaker_cooldown: ms(self.breaker_cooldown_ms),
+                auth_cache_ttl: ms(self.auth_cache_ttl_ms),
+            }),
+            (None, Some(size)) => BackendChoice::Fixture(size),
+            (None, None) => BackendChoice::Store {
+                path: self.store_path.clone(),
+                demo: self.demo,
+            },
+        };
+        // Benchmark clients send far above any per-user rate; the limit would measure itself.
+        let rate = match (
+            NonZeroU32::new(self.rate_limit),
+            NonZeroU32::new(self.rate_burst),
+        ) {
+            (Some(per_second), Some(burst)) if !matches!(backend, BackendChoice::Fixture(_)) => {
+                Some(Rate { per_second, burst })
+            }
+            _ => None,
+        };
+        let mut wait = ms(self.shutdown_timeout_ms);
+        if let BackendChoice::Rest(rest) = &backend {
+            // A message in flight is always answered before its connection closes.
+            wait = wait.max(longest_call(rest.timeout, rest.retries));
+        }
+        let api = self.api_key.clone().map(|key| ApiSettings {
+            key,
+            own_addr: self.api_addr(),
+            max_body: self.api_max_body,
+        });
+        Ok(Settings {
+            listen: Listen {
+                addr: std::net::SocketAddr::new(self.host, self.ws_port),
+                workers: self.worker_count(),
+                allowed_origins: self.allowed_origins(),
+                auth_timeout: ms(self.auth_timeout_ms),
+                max_connections: self.max_connections,
+                max_connections_per_ip: self.max_connections_per_ip,
+            },
+            session: SessionRules {
+                heartbeat_interval: ms(self.heartbeat_interval_ms),
+                connection_timeout: ms(self.connection_timeout_ms),
+                typing_timeout: ms(self.typing_timeout_ms),
+                refetch_interval: ms(self.chats_refetch_interval_ms),
+                rate,
+            },
+            frames: FrameLimits {
+                max_message_size: self.max_message_size,
+                max_fragments: self.max_fragments,
+            },
+            flow: Flow {
+                max_outbox_bytes: self.max_outbox_bytes,
+                outbox_budget: self.outbox_budget,
+                stall_timeout: ms(self.stall_timeout_ms),
+            },
+            drain: Drain {
+                wait,
+                window: ms(self.drain_window_ms),
+            },
+            backend,
+            api,
+            log_level: self.log_level.clone(),
+            transparent_huge_pages: self.transparent_huge_pages,
+        })
     }
 
     /// Heartbeat, timeouts and every duration (at most one day).
@@ -605,68 +691,6 @@ impl Config {
             port,
         ))
     }
-
-    /// `HEARTBEAT_INTERVAL` as a duration.
-    pub fn heartbeat_interval(&self) -> Duration {
-        Duration::from_millis(self.heartbeat_interval_ms)
-    }
-    /// `CONNECTION_TIMEOUT` as a duration.
-    pub fn connection_timeout(&self) -> Duration {
-        Duration::from_millis(self.connection_timeout_ms)
-    }
-    /// `TYPING_TIMEOUT` as a duration.
-    pub fn typing_timeout(&self) -> Duration {
-        Duration::from_millis(self.typing_timeout_ms)
-    }
-    /// `BACKEND_TIMEOUT` as a duration.
-    pub fn backend_timeout(&self) -> Duration {
-        Duration::from_millis(self.backend_timeout_ms)
-    }
-    /// `BREAKER_COOLDOWN` as a duration.
-    pub fn breaker_cooldown(&self) -> Duration {
-        Duration::from_millis(self.breaker_cooldown_ms)
-    }
-    /// `AUTH_CACHE_TTL` as a duration.
-    pub fn auth_cache_ttl(&self) -> Duration {
-        Duration::from_millis(self.auth_cache_ttl_ms)
-    }
-    /// `AUTH_TIMEOUT` as a duration.
-    pub fn auth_timeout(&self) -> Duration {
-        Duration::from_millis(self.auth_timeout_ms)
-    }
-    /// `SHUTDOWN_TIMEOUT` as a duration.
-    pub fn shutdown_timeout(&self) -> Duration {
-        Duration::from_millis(self.shutdown_timeout_ms)
-    }
-    /// How long the drain waits for work already accepted (backend calls, answers):
-    /// `SHUTDOWN_TIMEOUT`, raised with `HTTP_API_URL` set to the longest a REST call can take
-    /// (`BACKEND_TIMEOUT` x (`BACKEND_RETRIES` + 1) plus backoffs), so a message in flight is
-    /// always answered — stored and delivered, or an error — before its connection closes.
-    pub fn drain_wait(&self) -> Duration {
-        let wait = self.shutdown_timeout();
-        match self.http_api_url {
-            Some(_) => wait.max(longest_call(self.backend_timeout(), self.backend_retries)),
-            None => wait,
-        }
-    }
-    /// Longest a drain can take: waiting for work in flight ([`Config::drain_wait`]), the
-    /// closes spread over `DRAIN_WINDOW` (jitter up to 1.5x), then [`CLOSE_GRACE`]. A service
-    /// manager's stop timeout must exceed it.
-    pub fn worst_stop_time(&self) -> Duration {
-        self.drain_wait() + self.drain_window().mul_f64(1.5) + CLOSE_GRACE
-    }
-    /// `DRAIN_WINDOW` as a duration.
-    pub fn drain_window(&self) -> Duration {
-        Duration::from_millis(self.drain_window_ms)
-    }
-    /// `STALL_TIMEOUT` as a duration.
-    pub fn stall_timeout(&self) -> Duration {
-        Duration::from_millis(self.stall_timeout_ms)
-    }
-    /// `CHATS_REFETCH_INTERVAL` as a duration.
-    pub fn chats_refetch_interval(&self) -> Duration {
-        Duration::from_millis(self.chats_refetch_interval_ms)
-    }
 }
 
 #[cfg(test)]
@@ -706,7 +730,7 @@ mod tests {
             c.allowed_origins(),
             vec!["http://localhost:5173".to_string()]
         );
-        assert_eq!(c.validate(), Ok(()));
+        assert!(c.validate().is_ok());
     }
 
     #[test]
@@ -744,11 +768,12 @@ mod tests {
     #[test]
     fn worst_stop_time_adds_the_wait_the_window_and_the_grace() {
         // Store: SHUTDOWN_TIMEOUT 5 s + 1.5 x DRAIN_WINDOW 2 s + 3 s.
-        assert_eq!(parse(&[]).worst_stop_time(), Duration::from_millis(11_000));
+        let worst = |c: Config| c.validate().expect("valid").drain.worst_stop_time();
+        assert_eq!(worst(parse(&[])), Duration::from_millis(11_000));
         // REST: the wait rises to 3 x 5 s + 50 + 200 ms of backoff.
-        let rest = parse(&["--http-api-url", "http://api"]);
-        assert_eq!(rest.worst_stop_time(), Duration::from_millis(21_250));
-        assert!(rest.worst_stop_time() < UNIT_STOP_TIMEOUT);
+        let rest = worst(parse(&["--http-api-url", "http://api"]));
+        assert_eq!(rest, Duration::from_millis(21_250));
+        assert!(rest < UNIT_STOP_TIMEOUT);
     }
 
     #[test]
@@ -764,7 +789,7 @@ mod tests {
         ] {
             let c = parse(&["--http-api-url", bad_url]);
             assert_eq!(
-                c.validate().map_err(|e| e.var),
+                c.validate().map(|_| ()).map_err(|e| e.var),
                 Err("HTTP_API_URL"),
                 "{bad_url} must be refused"
             );
@@ -774,9 +799,8 @@ mod tests {
             "https://api.example.com/v1/",
             "http://[::1]:8000/api",
         ] {
-            assert_eq!(
-                parse(&["--http-api-url", good]).validate(),
-                Ok(()),
+            assert!(
+                parse(&["--http-api-url", good]).validate().is_ok(),
                 "{good}"
             );
         }
@@ -788,7 +812,7 @@ mod tests {
     fn api_settings_are_checked_and_the_key_never_printed() {
         let key = "k3y-k3y-k3y-k3y-k3y";
         let c = parse(&["--api-key", key]);
-        assert_eq!(c.validate(), Ok(()));
+        assert!(c.validate().is_ok());
         assert!(!format!("{c:?}").contains(key), "Debug must redact API_KEY");
         let k = c.api_key.as_ref().expect("key");
         assert!(k.matches(key));
@@ -810,7 +834,7 @@ mod tests {
             ),
         ] {
             assert_eq!(
-                parse(&args).validate().map_err(|e| e.var),
+                parse(&args).validate().map(|_| ()).map_err(|e| e.var),
                 Err(var),
                 "{args:?}"
             );
@@ -823,8 +847,12 @@ mod tests {
             "--api-host",
             "10.0.0.5",
         ]);
-        assert_eq!(c.validate(), Ok(()));
-        assert_eq!(c.api_addr(), Some("10.0.0.5:9000".parse().expect("addr")));
+        let api = c.validate().expect("valid").api.expect("on");
+        assert_eq!(api.own_addr, Some("10.0.0.5:9000".parse().expect("addr")));
+        assert!(
+            !format!("{api:?}").contains(key),
+            "Debug must redact API_KEY"
+        );
     }
 
     #[test]
@@ -846,5 +874,37 @@ mod tests {
             c.allowed_origins(),
             vec!["http://a".to_string(), "http://b".to_string()]
         );
+    }
+
+    #[test]
+    fn settings_are_typed_and_the_fixture_turns_the_rate_limit_off() {
+        let s = parse(&["--typing-timeout-ms", "1500", "--workers", "3"])
+            .validate()
+            .expect("valid");
+        assert_eq!(s.session.typing_timeout, Duration::from_millis(1500));
+        assert_eq!(s.listen.workers, 3);
+        assert_eq!(
+            s.session.rate.map(|r| (r.per_second.get(), r.burst.get())),
+            Some((50, 100))
+        );
+        assert!(matches!(
+            s.backend,
+            BackendChoice::Store { demo: false, .. }
+        ));
+        let fixture = parse(&["--bench-fixture", "10:2"])
+            .validate()
+            .expect("valid");
+        assert_eq!(
+            fixture.session.rate, None,
+            "benchmark clients are not limited"
+        );
+        assert!(matches!(fixture.backend, BackendChoice::Fixture(_)));
+        let off = parse(&["--rate-limit", "0"]).validate().expect("valid");
+        assert_eq!(off.session.rate, None);
+        let rest = parse(&["--http-api-url", "http://api"])
+            .validate()
+            .expect("valid");
+        assert!(matches!(rest.backend, BackendChoice::Rest(ref r) if r.url == "http://api"));
+        assert_eq!(rest.drain.wait, Duration::from_millis(15_250));
     }
 }

@@ -449,50 +449,13 @@ impl<T> Hub<T> {
                 Step::Done
             }
             (Call::CreateMessage { sender, .. }, Ok(Answer::Created(m))) => {
-                tracing::debug!(user_id = %sender.id, chat_id = %m.chat_id, message_id = %m.id, "Message sent");
-                let frame = Outbound::ChatMessage {
-                    chat_id: &m.chat_id,
-                    message: &m,
-                }
-                .to_frame();
-                let room = self.chat_arc(conn, &m.chat_id);
-                self.publish(room.clone(), frame, None, EventKind::Message);
-                Step::Pace(room)
+                self.message_stored(conn, &sender, &m)
             }
             (Call::MarkRead { chat, message_id }, Ok(Answer::Read(read_at))) => {
-                let user = self.conns[conn].session.user();
-                // The seed's fallback when the API does not say when.
-                let read_at = read_at.unwrap_or_else(self.wall);
-                tracing::debug!(user_id = %user.id, chat_id = %chat, message_id = %message_id, "Read receipt");
-                let frame = Outbound::ChatRead {
-                    chat_id: &chat,
-                    message_id: &message_id,
-                    user_id: &user.id,
-                    read_at: &read_at,
-                }
-                .to_frame();
-                self.publish(chat.clone(), frame, None, EventKind::Read);
-                Step::Pace(chat)
+                self.read_recorded(conn, chat, &message_id, read_at)
             }
-            (
-                Call::History(req),
-                Ok(Answer::History {
-                    mut messages,
-                    mut has_more,
-                }),
-            ) => {
-                // One frame into the outbox: it must fit well under the cap.
-                let budget = self.config.history_budget;
-                history::fit(&req.page, &mut messages, &mut has_more, budget);
-                let frame = Outbound::ChatHistory {
-                    chat_id: &req.chat_id,
-                    messages: &messages,
-                    has_more,
-                    request_id: req.request_id.as_deref(),
-                }
-                .to_frame();
-                self.effects.push_back(Effect::Send { conn, frame });
-                Step::Done
+            (Call::History(req), Ok(Answer::History { messages, has_more })) => {
+                self.history_page(conn, &req, messages, has_more)
             }
             (Call::CreateMessage { chat, .. } | Call::MarkRead { chat, .. }, Err(e)) => {
                 self.chat_failed(conn, &chat, e, now)
@@ -506,6 +469,65 @@ impl<T> Hub<T> {
                 Step::Done
             }
         }
+    }
+
+    /// A stored message goes to its chat, the sender's devices included; then the sender is
+    /// paced.
+    fn message_stored(&mut self, conn: usize, sender: &User, m: &ChatMessage) -> Step {
+        tracing::debug!(user_id = %sender.id, chat_id = %m.chat_id, message_id = %m.id, "Message sent");
+        let frame = Outbound::ChatMessage {
+            chat_id: &m.chat_id,
+            message: m,
+        }
+        .to_frame();
+        let room = self.chat_arc(conn, &m.chat_id);
+        self.publish(room.clone(), frame, None, EventKind::Message);
+        Step::Pace(room)
+    }
+
+    /// A recorded receipt goes to its chat (dated now if the backend did not say when); then
+    /// the sender is paced.
+    fn read_recorded(
+        &mut self,
+        conn: usize,
+        chat: Arc<str>,
+        message_id: &str,
+        read_at: Option<String>,
+    ) -> Step {
+        let user = self.conns[conn].session.user();
+        // The seed's fallback when the API does not say when.
+        let read_at = read_at.unwrap_or_else(self.wall);
+        tracing::debug!(user_id = %user.id, chat_id = %chat, message_id = %message_id, "Read receipt");
+        let frame = Outbound::ChatRead {
+            chat_id: &chat,
+            message_id,
+            user_id: &user.id,
+            read_at: &read_at,
+        }
+        .to_frame();
+        self.publish(chat.clone(), frame, None, EventKind::Read);
+        Step::Pace(chat)
+    }
+
+    /// A page of history, cut to one frame well under the cap, to the asker only.
+    fn history_page(
+        &mut self,
+        conn: usize,
+        req: &HistoryRequest,
+        mut messages: Vec<ChatMessage>,
+        mut has_more: bool,
+    ) -> Step {
+        let budget = self.config.history_budget;
+        history::fit(&req.page, &mut messages, &mut has_more, budget);
+        let frame = Outbound::ChatHistory {
+            chat_id: &req.chat_id,
+            messages: &messages,
+            has_more,
+            request_id: req.request_id.as_deref(),
+        }
+        .to_frame();
+        self.effects.push_back(Effect::Send { conn, frame });
+        Step::Done
     }
 
     /// A presence change for a user this worker owns: `user:online` in the user's chats on

@@ -113,12 +113,12 @@ async fn answer(
     rest: BytesMut,
     port: Port,
 ) -> Result<(Route, Reply), Failure> {
-    let cfg = worker.config();
-    let Some(key) = &cfg.api_key else {
+    let Some(api) = &worker.config().api else {
         return Err((None, ApiError::NotFound));
     };
+    let key = &api.key;
     // With API_PORT set the API lives there only, so it can be kept off the public interface.
-    let here = if cfg.api_port.is_some() {
+    let here = if api.own_addr.is_some() {
         Port::Own
     } else {
         Port::Shared
@@ -140,7 +140,7 @@ async fn answer(
         return Err(fail(ApiError::ShuttingDown));
     }
     let body = if route.has_body() {
-        let len = body_len(req, cfg.api_max_body).map_err(fail)?;
+        let len = body_len(req, api.max_body).map_err(fail)?;
         if req.expect_continue {
             // The key, route and size are fine: the client may send the body now.
             let _ = stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await;

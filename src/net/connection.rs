@@ -86,7 +86,7 @@ async fn answer_bad_head(stream: &mut TcpStreamPoll, e: handshake::HandshakeErro
 async fn answer_http(worker: &Rc<Worker>, stream: &mut TcpStreamPoll, req: &Request) {
     let response = crate::http::respond(&**worker, &req.method, &req.path).await;
     // Bounded: a client that never reads must not hold a connection slot forever.
-    let _ = monoio::time::timeout(worker.config().auth_timeout(), async {
+    let _ = monoio::time::timeout(worker.config().listen.auth_timeout, async {
         let _ = stream.write_all(&response).await;
         let _ = stream.shutdown().await;
     })
@@ -160,7 +160,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
         return;
     };
     let (mut input, write_half) = split::split(stream, prefix);
-    let outbox = Rc::new(Outbox::new(worker.config().max_outbox_bytes));
+    let outbox = Rc::new(Outbox::new(worker.config().flow.max_outbox_bytes));
     monoio::spawn({
         let outbox = outbox.clone();
         async move { outbox.run_writer(write_half).await }
@@ -171,7 +171,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
         return linger(&mut input, &outbox).await;
     };
     let started = Instant::now();
-    let deadline = accepted + worker.config().auth_timeout();
+    let deadline = accepted + worker.config().listen.auth_timeout;
     let (profile, chats) = match authenticate(&worker, &token, deadline).await {
         Ok(found) => found,
         Err(e) => {
@@ -232,14 +232,15 @@ async fn upgrade(
     stream: &mut TcpStreamPoll,
 ) -> Option<(Option<String>, String, BytesMut)> {
     let mut buf = BytesMut::with_capacity(1024);
-    let (req, consumed) = match read_head(stream, &mut buf, worker.config().auth_timeout()).await {
-        Ok(Some(found)) => found,
-        Ok(None) => return None, // closed or too slow before a full head
-        Err(e) => {
-            answer_bad_head(stream, e).await;
-            return None;
-        }
-    };
+    let (req, consumed) =
+        match read_head(stream, &mut buf, worker.config().listen.auth_timeout).await {
+            Ok(Some(found)) => found,
+            Ok(None) => return None, // closed or too slow before a full head
+            Err(e) => {
+                answer_bad_head(stream, e).await;
+                return None;
+            }
+        };
     let Some(upgrade) = req.upgrade.clone() else {
         // Boxed: plain requests are rare, and their state must not grow every handshake's
         // task (many are alive at once during a connect storm).
@@ -250,7 +251,7 @@ async fn upgrade(
     if !handshake::origin_allowed(
         req.origin.as_deref(),
         req.host.as_deref(),
-        &worker.shared.allowed_origins,
+        &worker.config().listen.allowed_origins,
     ) {
         let origin = req.origin.as_deref().unwrap_or("");
         tracing::warn!(origin, "Origin rejected");
@@ -322,8 +323,8 @@ async fn steady(
 ) {
     let cfg = worker.config();
     let limits = Limits {
-        max_message_size: cfg.max_message_size,
-        max_fragments: cfg.max_fragments,
+        max_message_size: cfg.frames.max_message_size,
+        max_fragments: cfg.frames.max_fragments,
     };
     let mut chat = Chat {
         worker: &worker,
@@ -349,7 +350,7 @@ async fn steady(
             // every connection has finished the work it accepted.
             worker.park();
             let cfg = worker.config();
-            let patience = cfg.drain_wait() + cfg.drain_window() + Duration::from_secs(1);
+            let patience = cfg.drain.wait + cfg.drain.window + Duration::from_secs(1);
             let wait = monoio::time::timeout(patience, conn.outbox.closed());
             let _ = Box::pin(wait).await;
         }

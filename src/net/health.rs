@@ -20,7 +20,7 @@ impl Health for Worker {
     }
 
     fn demo(&self) -> bool {
-        self.config().demo
+        self.config().backend.demo()
     }
 
     async fn readiness(&self) -> Readiness {

@@ -341,6 +341,17 @@ impl Outbox {
         self.closing.get()
     }
 
+    /// The writer's state, for the log line of a stall close: whether a write is in progress
+    /// (waiting for the socket) or the writer waits for a wake-up with bytes queued.
+    pub fn writer_state(&self) -> &'static str {
+        match (self.writing.get(), self.writer_done.get()) {
+            (_, true) => "ended",
+            (true, _) => "writing",
+            (false, _) if self.queue.borrow().is_empty() => "idle",
+            (false, _) => "queued, not writing",
+        }
+    }
+
     /// Bytes waiting to be written, including those of the write in progress.
     pub fn queued(&self) -> usize {
         self.queue.borrow().len() + self.in_flight.get()

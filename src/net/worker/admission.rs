@@ -75,15 +75,15 @@ impl Worker {
     pub fn admit(self: &Rc<Self>, ip: Option<IpAddr>) -> Result<TaskGuard, Refused> {
         let cfg = self.config();
         let counts = &self.shared.counts;
-        if counts.open.fetch_add(1, Ordering::Relaxed) >= cfg.max_connections {
+        if counts.open.fetch_add(1, Ordering::Relaxed) >= cfg.listen.max_connections {
             counts.open.fetch_sub(1, Ordering::Relaxed);
             return Err(Refused::ProcessFull);
         }
-        let ip = ip.filter(|_| cfg.max_connections_per_ip > 0);
+        let ip = ip.filter(|_| cfg.listen.max_connections_per_ip > 0);
         if let Some(ip) = ip {
             let mut per_ip = counts.per_ip.lock().unwrap_or_else(|e| e.into_inner());
             let n = per_ip.entry(ip).or_insert(0);
-            if *n >= cfg.max_connections_per_ip {
+            if *n >= cfg.listen.max_connections_per_ip {
                 drop(per_ip);
                 counts.open.fetch_sub(1, Ordering::Relaxed);
                 return Err(Refused::AddressFull);

@@ -10,7 +10,7 @@ const DRAIN_BATCHES: usize = 10;
 impl Worker {
     pub(super) async fn drain(&self) {
         let cfg = self.config();
-        let deadline = Instant::now() + cfg.drain_wait();
+        let deadline = Instant::now() + cfg.drain.wait;
         for (_, m) in self.hub.borrow().iter() {
             m.io.outbox.interrupt();
         }
@@ -41,7 +41,7 @@ impl Worker {
         let slots: Vec<usize> = self.hub.borrow().iter().map(|(slot, _)| slot).collect();
         let batches = slots.len().clamp(1, DRAIN_BATCHES);
         let per_batch = slots.len().div_ceil(batches).max(1);
-        let pause = cfg.drain_window() / batches as u32;
+        let pause = cfg.drain.window / batches as u32;
         let notice = error_frame(ErrorCode::ServerShutdown, "Server is shutting down");
         for (i, batch) in slots.chunks(per_batch).enumerate() {
             if i > 0 && !pause.is_zero() {

@@ -1,20 +1,23 @@
 //! Workers: one thread per core, each a monoio runtime owning a shard of connections.
 //!
 //! A worker owns its listener (`SO_REUSEPORT`: the kernel spreads new connections over the
-//! workers), its connection table, the local members of each room, the typing timers of its
-//! connections and the presence counts of the users hashed to it. Other workers reach it only
-//! through its [`Mailbox`]. Three long-lived tasks run on it: the accept loop, the mailbox loop
-//! and the ticker (heartbeats and typing expiry); plus two tasks per connection.
+//! workers) and its [`Hub`] (`core::hub`): the connections' sessions, rooms, typing timers and
+//! the presence counts of the users hashed to it. The worker feeds the hub its inputs and
+//! carries out its effects ([`Worker::flush`]): frames into outboxes, closes, room events to
+//! local members and to the bus, presence changes to the bus. Other workers reach it only
+//! through its mailbox (`crate::broker`). Three long-lived tasks run on it: the accept loop,
+//! the mailbox loop and the ticker (the hub's timers and the stall rule); plus two tasks per
+//! connection.
 //!
 //! Drain (SIGTERM/SIGINT): stop accepting and reading, let backend calls in flight finish
 //! (bounded by `SHUTDOWN_TIMEOUT`), then send every connection `SERVER_SHUTDOWN` and close 1001.
-//! Presence and typing changes caused by the drain itself are not broadcast: everyone is being
-//! disconnected anyway.
+//! Presence and typing changes caused by the drain itself are not broadcast (the hub is told
+//! it drains): everyone is being disconnected anyway.
 //!
-//! Here: the shared and per-worker state, registration, rooms, typing, presence, delivery and
-//! its flow control. By concern, in files of their own: `admission` (connection caps, live
-//! tasks), `drain`, `runtime` (threads, listeners, the long-lived loops), `server_api`
-//! (applying server API requests on every worker) and `signal` (the drain's stop event).
+//! Here: the shared and per-worker state, the effects, delivery and its flow control. By
+//! concern, in files of their own: `admission` (connection caps, live tasks), `drain`,
+//! `runtime` (threads, listeners, the long-lived loops), `server_api` (applying server API
+//! requests on every worker) and `signal` (the drain's stop event).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -34,7 +37,7 @@ use super::outbox::{now_ms, Class, Outbox, Pushed};
 use crate::api::{Action, ApiError, Outcome};
 use crate::backend::{Backend, BackendError, NewMessage};
 use crate::broker::{Bus, ConnId, Envelope, EventKind, Local, Mailbox, NodeId, Origin, RoomEvent};
-use crate::config::Config;
+use crate::config::Settings;
 use crate::config::CLOSE_GRACE;
 use crate::core::hub::{Answer, Call, Effect, Failure, Hub, HubConfig, Step};
 use crate::core::pressure::{PaceBudget, Pressure};
@@ -64,9 +67,7 @@ pub use signal::{Signal, Wait};
 /// through its methods.
 pub struct Shared {
     /// Validated configuration.
-    pub(in crate::net) config: Config,
-    /// Parsed `CORS_ORIGIN`.
-    pub(in crate::net) allowed_origins: Vec<String>,
+    pub(in crate::net) config: Settings,
     /// The backend.
     pub(in crate::net) backend: Arc<dyn Backend>,
     /// This process in the cluster.
@@ -97,16 +98,30 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// The state for `config.worker_count()` workers over `backend`.
-    pub fn new(config: Config, backend: Arc<dyn Backend>, metrics: Metrics) -> Self {
-        let workers = config.worker_count();
-        let mailboxes: Vec<Arc<Mailbox>> =
-            (0..workers).map(|_| Arc::new(Mailbox::default())).collect();
+    /// The state for `config.listen.workers` workers over `backend`, joined by the
+    /// in-process bus.
+    pub fn new(config: Settings, backend: Arc<dyn Backend>, metrics: Metrics) -> Self {
+        let mailboxes: Vec<Arc<Mailbox>> = (0..config.listen.workers)
+            .map(|_| Arc::new(Mailbox::default()))
+            .collect();
+        let bus = Box::new(Local::new(mailboxes.clone()));
+        Self::with_bus(config, backend, metrics, mailboxes, bus)
+    }
+
+    /// The state over `bus` (a multi-node broker, or a test double) and the workers'
+    /// `mailboxes` (one per worker).
+    pub fn with_bus(
+        config: Settings,
+        backend: Arc<dyn Backend>,
+        metrics: Metrics,
+        mailboxes: Vec<Arc<Mailbox>>,
+        bus: Box<dyn Bus>,
+    ) -> Self {
+        let workers = mailboxes.len();
         Self {
-            allowed_origins: config.allowed_origins(),
             backend,
             node: NodeId::random(),
-            bus: Box::new(Local::new(mailboxes.clone())),
+            bus,
             mailboxes,
             listening: Default::default(),
             stopping: Default::default(),
@@ -121,7 +136,7 @@ impl Shared {
     }
 
     /// The validated configuration.
-    pub fn config(&self) -> &Config {
+    pub fn config(&self) -> &Settings {
         &self.config
     }
 
@@ -202,13 +217,13 @@ impl Worker {
     fn new(id: usize, shared: Arc<Shared>) -> Self {
         let cfg = &shared.config;
         let rules = HubConfig {
-            typing_timeout: cfg.typing_timeout(),
-            heartbeat_interval: cfg.heartbeat_interval(),
-            connection_timeout: cfg.connection_timeout(),
-            refetch_interval: cfg.chats_refetch_interval(),
-            rate_limit: cfg.rate_limit,
-            rate_burst: cfg.rate_burst,
-            history_budget: cfg.max_outbox_bytes / 2,
+            typing_timeout: cfg.session.typing_timeout,
+            heartbeat_interval: cfg.session.heartbeat_interval,
+            connection_timeout: cfg.session.connection_timeout,
+            refetch_interval: cfg.session.refetch_interval,
+            rate_limit: cfg.session.rate.map_or(0, |r| r.per_second.get()),
+            rate_burst: cfg.session.rate.map_or(0, |r| r.burst.get()),
+            history_budget: cfg.flow.max_outbox_bytes / 2,
         };
         let hub = Hub::new(rules, Instant::now(), timestamp::now);
         Self {
@@ -226,7 +241,7 @@ impl Worker {
     }
 
     /// The configuration.
-    pub fn config(&self) -> &Config {
+    pub fn config(&self) -> &Settings {
         &self.shared.config
     }
 
@@ -492,7 +507,7 @@ impl Worker {
                 self.shared.pressure.mark(room, now);
             }
         }
-        if super::outbox::queued_here() > self.config().outbox_budget {
+        if super::outbox::queued_here() > self.config().flow.outbox_budget {
             self.shed();
         }
         queued as usize
@@ -507,7 +522,8 @@ impl Worker {
             return;
         };
         let mut budget = sender.paced.get();
-        let window = u32::try_from(self.config().stall_timeout_ms).unwrap_or(u32::MAX);
+        let window =
+            u32::try_from(self.config().flow.stall_timeout.as_millis()).unwrap_or(u32::MAX);
         let allowed = budget.take(now_ms(), pause.as_millis() as u32, window);
         sender.paced.set(budget);
         if allowed {
@@ -520,7 +536,7 @@ impl Worker {
     /// (4009, queue freed at once): the largest backlogs that are not draining first, then,
     /// only if that is not enough, draining ones, largest first.
     fn shed(&self) {
-        let target = self.config().outbox_budget / 10 * 9;
+        let target = self.config().flow.outbox_budget / 10 * 9;
         let hub = self.hub.borrow();
         let mut backlogs: Vec<(bool, std::cmp::Reverse<usize>, usize)> = hub
             .iter()
@@ -580,7 +596,7 @@ impl Worker {
             match outbox.look() {
                 Look::Progress => m.seen(now),
                 Look::Stuck => {
-                    tracing::warn!(user_id = %m.user().id, queued = outbox.queued(), "Slow consumer closed: stalled");
+                    tracing::warn!(user_id = %m.user().id, queued = outbox.queued(), writer = outbox.writer_state(), "Slow consumer closed: stalled");
                     self.metrics.stall_closes.inc();
                     self.shared.metrics.closed(CloseCode::SlowConsumer);
                     outbox.abort();
@@ -604,3 +620,6 @@ impl Worker {
         self.last_probe.set(Some((Instant::now(), ok)));
     }
 }
+
+#[cfg(test)]
+mod tests;

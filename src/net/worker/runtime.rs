@@ -27,7 +27,7 @@ async fn mailbox_loop(worker: Rc<Worker>) {
 /// and at least every [`LIVENESS_BEAT`] so the watchdog sees the loop alive.
 async fn ticker(worker: Rc<Worker>) {
     let stall_period =
-        (worker.config().stall_timeout() / u32::from(crate::core::stall::PASSES)).max(MIN_TICK);
+        (worker.config().flow.stall_timeout / u32::from(crate::core::stall::PASSES)).max(MIN_TICK);
     let mut next_stall_look = Instant::now() + stall_period;
     // Runs until the runtime ends (through the drain too, so the watchdog sees it alive).
     loop {
