@@ -276,7 +276,7 @@ fn rounds_of_32_clients_by_200_messages_pass_with_default_limits() {
     const ROUNDS: usize = 3;
     // ~1.2 KB frames: a round is ~7.7 MB per client, more than the kernel's socket buffers hold.
     let pad: &'static str = Box::leak("p".repeat(1000).into_boxed_str());
-    let barrier = std::sync::Arc::new(std::sync::Barrier::new(R));
+    let barrier = std::sync::Arc::new(Gate::new(R));
     let mut threads = Vec::new();
     for j in 0..R {
         // Small receive buffers, as a busy client's: the burst waits in the server.
@@ -339,7 +339,7 @@ fn rounds_of_32_clients_by_200_messages_pass_with_default_limits() {
         threads.push(std::thread::spawn(move || {
             let mut out = &stream;
             for round in 0..ROUNDS {
-                barrier.wait();
+                barrier.wait(Duration::from_secs(120));
                 for k in 0..M {
                     let text = json!({"type": "chat:message", "payload": {
                         "chatId": "c0", "content": format!("{j}:{}:{pad}", round * M + k)}})

@@ -1317,3 +1317,44 @@ pub fn proc_status_bytes(pid: u32, field: &str) -> u64 {
         .map(|kb: u64| kb * 1024)
         .unwrap_or_else(|| panic!("no {field} in {status}"))
 }
+
+/// A barrier whose wait gives up: `std::sync::Barrier` waits forever, so one failed client
+/// would hang a test instead of failing it.
+pub struct Gate {
+    parties: usize,
+    state: Mutex<(usize, u64)>,
+    turn: std::sync::Condvar,
+}
+
+impl Gate {
+    /// A gate for `parties` threads.
+    pub fn new(parties: usize) -> Self {
+        Self {
+            parties,
+            state: Mutex::new((0, 0)),
+            turn: std::sync::Condvar::new(),
+        }
+    }
+
+    /// Waits until all parties arrived, at most `timeout` (then panics, naming the count).
+    pub fn wait(&self, timeout: Duration) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let generation = state.1;
+        state.0 += 1;
+        if state.0 == self.parties {
+            *state = (0, generation + 1);
+            self.turn.notify_all();
+            return;
+        }
+        let (state, waited) = self
+            .turn
+            .wait_timeout_while(state, timeout, |s| s.1 == generation)
+            .unwrap_or_else(|e| e.into_inner());
+        assert!(
+            !waited.timed_out(),
+            "only {} of {} parties arrived within {timeout:?}",
+            state.0,
+            self.parties
+        );
+    }
+}
