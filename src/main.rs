@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use socket_server::backend::fixture::Fixture;
-use socket_server::backend::rest::{RestBackend, RestOptions};
+use socket_server::backend::rest::RestBackend;
 use socket_server::backend::store::{Admin, Store, DEMO_CHATS, DEMO_USERS};
 use socket_server::backend::Backend;
 use socket_server::config::{BackendChoice, Config, Settings};
@@ -205,19 +205,7 @@ fn backend(settings: &Settings, metrics: &Metrics) -> anyhow::Result<Arc<dyn Bac
     match &settings.backend {
         BackendChoice::Rest(rest) => {
             tracing::info!(url = %rest.url, pool = rest.threads, "Using the REST API backend");
-            let opts = RestOptions {
-                threads: rest.threads,
-                timeout: rest.timeout,
-                retries: rest.retries,
-                breaker_threshold: rest.breaker_threshold,
-                breaker_cooldown: rest.breaker_cooldown,
-                auth_cache_ttl: rest.auth_cache_ttl,
-            };
-            Ok(Arc::new(RestBackend::new(
-                &rest.url,
-                &opts,
-                metrics.rest_hooks(),
-            )?))
+            Ok(Arc::new(RestBackend::new(rest, metrics.rest_hooks())?))
         }
         BackendChoice::Fixture(size) => {
             tracing::warn!(

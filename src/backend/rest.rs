@@ -36,7 +36,7 @@ use super::store::hash_token;
 use super::{
     id_text, opt_id_text, Backend, BackendError, BackendResult, History, NewMessage, Profile, Reply,
 };
-use crate::config::RETRY_BACKOFF;
+use crate::config::{RestSettings, RETRY_BACKOFF};
 use crate::metrics::RestHooks;
 use crate::protocol::{timestamp, ChatMessage, HistoryPage};
 
@@ -46,23 +46,6 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'
 
 /// Most cached profiles; a full cache drops expired entries, then everything.
 const AUTH_CACHE_MAX: usize = 100_000;
-
-/// How the REST client behaves under faults.
-#[derive(Debug, Clone)]
-pub struct RestOptions {
-    /// Blocking threads making calls.
-    pub threads: usize,
-    /// Per-attempt timeout.
-    pub timeout: Duration,
-    /// Retries after a failed attempt.
-    pub retries: u32,
-    /// Consecutive failures that open the breaker (0: never).
-    pub breaker_threshold: u32,
-    /// How long the breaker stays open.
-    pub breaker_cooldown: Duration,
-    /// Lifetime of a cached profile (zero: no cache).
-    pub auth_cache_ttl: Duration,
-}
 
 struct Guard {
     retries: u32,
@@ -122,8 +105,9 @@ pub struct RestBackend {
 }
 
 impl RestBackend {
-    /// A client of the API at `base` (no trailing slash needed).
-    pub fn new(base: &str, opts: &RestOptions, hooks: RestHooks) -> std::io::Result<Self> {
+    /// A client of the API at `opts.url` (no trailing slash needed), behaving under faults as
+    /// `opts` says (timeouts, retries, breaker, profile cache).
+    pub fn new(opts: &RestSettings, hooks: RestHooks) -> std::io::Result<Self> {
         let agent = ureq::AgentBuilder::new()
             .timeout(opts.timeout)
             .max_idle_connections_per_host(opts.threads.max(1) * 2)
@@ -135,7 +119,7 @@ impl RestBackend {
             hooks,
         };
         Ok(Self {
-            base: base.trim_end_matches('/').to_string(),
+            base: opts.url.trim_end_matches('/').to_string(),
             pool,
             guard: Arc::new(guard),
             cache_ttl: opts.auth_cache_ttl,
@@ -557,7 +541,8 @@ mod tests {
 
     #[test]
     fn path_segments_are_encoded() {
-        let opts = RestOptions {
+        let opts = RestSettings {
+            url: "http://127.0.0.1:1/api/".into(),
             threads: 1,
             timeout: Duration::from_millis(10),
             retries: 0,
@@ -565,7 +550,7 @@ mod tests {
             breaker_cooldown: Duration::from_secs(1),
             auth_cache_ttl: Duration::ZERO,
         };
-        let b = RestBackend::new("http://127.0.0.1:1/api/", &opts, RestHooks::default()).unwrap();
+        let b = RestBackend::new(&opts, RestHooks::default()).unwrap();
         assert_eq!(
             b.url(&["chats", "../a b/c", "messages"]),
             "http://127.0.0.1:1/api/chats/%2E%2E%2Fa%20b%2Fc/messages"

@@ -298,11 +298,29 @@ impl State {
         (delay, status, body)
     }
 
+    /// The rules of a call on one chat: its forced error, then membership. `Ok`: the delay to
+    /// answer after; `Err`: the answer.
+    #[allow(clippy::type_complexity)]
+    fn chat_gate(
+        &self,
+        chat: &str,
+        member: bool,
+    ) -> Result<Option<Duration>, (Option<Duration>, u16, Value)> {
+        let delay = self.chat_delay.get(chat).copied();
+        if let Some((status, body)) = self.chat_error.get(chat) {
+            return Err((delay, *status, body.clone()));
+        }
+        if !member {
+            let not_member = json!({ "error": "Not a member of this chat" });
+            return Err((delay, 403, not_member));
+        }
+        Ok(delay)
+    }
+
     fn serve_text_ids(&mut self, req: &Req) -> (Option<Duration>, u16, Value) {
         let token = req.auth().and_then(|a| a.strip_prefix("Bearer "));
         let user = token.and_then(|t| self.users.get(t)).cloned();
         let unauthorized = (None, 401, json!({ "message": "Invalid or expired token" }));
-        let not_member = json!({ "error": "Not a member of this chat" });
         let chat = req.path.split('/').nth(2).unwrap_or("").to_string();
         let member = |s: &State, u: &ApiUser| s.chats.get(&u.id).is_some_and(|c| c.contains(&chat));
         match req.route {
@@ -341,13 +359,10 @@ impl State {
             },
             Route::PostMessage => {
                 let Some(u) = user else { return unauthorized };
-                let delay = self.chat_delay.get(&chat).copied();
-                if let Some((status, body)) = self.chat_error.get(&chat) {
-                    return (delay, *status, body.clone());
-                }
-                if !member(self, &u) {
-                    return (delay, 403, not_member);
-                }
+                let delay = match self.chat_gate(&chat, member(self, &u)) {
+                    Ok(delay) => delay,
+                    Err(answer) => return answer,
+                };
                 if let Some(stored) = req.idempotency_key().and_then(|k| self.by_key.get(k)) {
                     return (delay, 201, json!({ "message": stored }));
                 }
@@ -378,7 +393,7 @@ impl State {
                     return (None, *status, body.clone());
                 }
                 if !member(self, &u) {
-                    return (None, 403, not_member);
+                    return (None, 403, json!({ "error": "Not a member of this chat" }));
                 }
                 let param = |name: &str| {
                     req.query.split('&').find_map(|kv| {
@@ -405,13 +420,10 @@ impl State {
             }
             Route::MarkRead => {
                 let Some(u) = user else { return unauthorized };
-                let delay = self.chat_delay.get(&chat).copied();
-                if let Some((status, body)) = self.chat_error.get(&chat) {
-                    return (delay, *status, body.clone());
-                }
-                if !member(self, &u) {
-                    return (delay, 403, not_member);
-                }
+                let delay = match self.chat_gate(&chat, member(self, &u)) {
+                    Ok(delay) => delay,
+                    Err(answer) => return answer,
+                };
                 match &self.read_at {
                     Some(at) => (delay, 200, json!({ "readAt": at })),
                     None => (delay, 200, json!({ "ok": true })),
