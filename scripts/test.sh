@@ -6,6 +6,7 @@
 # Installs, only when missing:
 #   - a C compiler (the bundled SQLite builds with it)       apt-get install build-essential
 #   - Chromium for the browser test                         apt-get install chromium
+#   - Redis for the multi-node tests (tests/cluster.rs)     apt-get install redis-server
 #   - playwright-core, which drives it (tests/browser)      npm ci
 # apt-get runs through sudo when not root. Nothing is downloaded by a test tool itself.
 set -euo pipefail
@@ -22,6 +23,7 @@ apt_install() {
 missing=()
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
 [ -x "${CHROMIUM:-/usr/bin/chromium}" ] || missing+=(chromium)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v node >/dev/null 2>&1 || missing+=(nodejs npm)
 if [ "${#missing[@]}" -gt 0 ]; then
   apt_install "${missing[@]}"

@@ -16,6 +16,7 @@ use socket_server::backend::fixture::Fixture;
 use socket_server::backend::rest::RestBackend;
 use socket_server::backend::store::{Admin, Store, DEMO_CHATS, DEMO_USERS};
 use socket_server::backend::Backend;
+use socket_server::broker::{redis::RedisBus, Mailbox};
 use socket_server::config::{BackendChoice, Config, Settings};
 use socket_server::metrics::Metrics;
 use socket_server::net::worker::{self, Shared};
@@ -259,7 +260,25 @@ fn serve(config: &Config, huge_pages_off: bool) -> anyhow::Result<()> {
     };
     let api_local = api_first.as_ref().map(|l| l.local_addr()).transpose()?;
     let workers = settings.listen.workers;
-    let shared = Arc::new(Shared::new(settings, backend.clone(), metrics));
+    let shared = Arc::new(match settings.redis_url.clone() {
+        None => Shared::new(settings, backend.clone(), metrics),
+        Some(url) => {
+            let node = Shared::node_of(&settings);
+            let mailboxes: Vec<Arc<Mailbox>> =
+                (0..workers).map(|_| Arc::new(Mailbox::default())).collect();
+            let bus = RedisBus::start(&url, node, mailboxes.clone())
+                .with_context(|| format!("starting the Redis broker for {url}"))?;
+            tracing::info!(node = %node, name = ?settings.node_id, "Multi-node mode over Redis");
+            Shared::with_bus(
+                settings,
+                backend.clone(),
+                metrics,
+                node,
+                mailboxes,
+                Box::new(bus),
+            )
+        }
+    });
     let handles = worker::start(shared.clone(), first, api_first)?;
     let started = Instant::now();
     while shared.listening() < workers {

@@ -18,10 +18,13 @@
 //! - [`mailbox`]: a worker's lock-free inbox, one wake-up per batch.
 //! - [`local`]: the in-process bus over the workers' mailboxes.
 //! - [`recording`]: a bus that records its calls, the test double for publishers.
+//! - [`redis`]: the multi-node bus over Redis PUB/SUB; [`wire`]: its record format.
 
 pub mod local;
 pub mod mailbox;
 pub mod recording;
+pub mod redis;
+pub mod wire;
 
 use std::sync::Arc;
 
@@ -51,6 +54,17 @@ impl NodeId {
                 .unwrap_or_default(),
         );
         Self(h.finish())
+    }
+}
+
+impl NodeId {
+    /// The id of a node named `name` (`NODE_ID`): FNV-1a, stable across starts.
+    pub fn named(name: &str) -> Self {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in name.bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        Self(h)
     }
 }
 

@@ -310,6 +310,18 @@ pub struct Config {
     /// kept in memory; no real data is touched. Env `BENCH_FIXTURE`.
     #[arg(long, env = "BENCH_FIXTURE")]
     pub bench_fixture: Option<String>,
+
+    /// Redis for multi-node mode (`redis://host:port/`): nodes behind one load balancer share
+    /// chats through it. Unset (the default): one node, no Redis. Needs the REST backend
+    /// (`HTTP_API_URL`) or the benchmark fixture: the embedded store is per node. Env
+    /// `REDIS_URL`.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// This node's name in a cluster (logged; events carry a 64-bit hash of it). Default: a
+    /// random id per start. Env `NODE_ID`.
+    #[arg(long, env = "NODE_ID")]
+    pub node_id: Option<String>,
 }
 
 /// The server API key. Its `Debug` form is redacted, so `check-config` and logs never show it;
@@ -380,6 +392,18 @@ pub struct FixtureSize {
     pub users: u64,
     /// Number of chats (`c0`…`c<rooms-1>`).
     pub rooms: u64,
+}
+
+/// A Redis URL: `redis://`, a host, no query or fragment.
+fn check_redis_url(text: &str) -> Result<(), ConfigError> {
+    let url = url::Url::parse(text).map_err(|e| bad("REDIS_URL", e.to_string()))?;
+    if url.scheme() != "redis" {
+        return Err(bad("REDIS_URL", "must start with redis://"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(bad("REDIS_URL", "must name a host"));
+    }
+    Ok(())
 }
 
 /// An API base URL the REST client can call: http or https, a host, no query or fragment.
@@ -485,6 +509,8 @@ impl Config {
             api,
             log_level: self.log_level.clone(),
             transparent_huge_pages: self.transparent_huge_pages,
+            redis_url: self.redis_url.clone(),
+            node_id: self.node_id.clone(),
         })
     }
 
@@ -608,6 +634,18 @@ impl Config {
                 ));
             }
             self.fixture_size()?;
+        }
+        if let Some(url) = &self.redis_url {
+            check_redis_url(url)?;
+            if self.http_api_url.is_none() && self.bench_fixture.is_none() {
+                return Err(bad(
+                    "REDIS_URL",
+                    "multi-node mode needs the REST backend (set HTTP_API_URL): the embedded store is per node",
+                ));
+            }
+        }
+        if self.node_id.as_deref().is_some_and(|n| n.trim().is_empty()) {
+            return Err(bad("NODE_ID", "must not be empty"));
         }
         Ok(())
     }

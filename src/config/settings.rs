@@ -36,6 +36,11 @@ pub struct Settings {
     pub log_level: String,
     /// `TRANSPARENT_HUGE_PAGES`.
     pub transparent_huge_pages: bool,
+    /// `REDIS_URL`: multi-node mode when set (a `redis://` URL with a host; only with the
+    /// REST backend or the benchmark fixture).
+    pub redis_url: Option<String>,
+    /// `NODE_ID`: this node's name (non-empty); random when unset.
+    pub node_id: Option<String>,
 }
 
 /// Listening and admission.

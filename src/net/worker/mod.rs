@@ -104,23 +104,33 @@ impl Shared {
         let mailboxes: Vec<Arc<Mailbox>> = (0..config.listen.workers)
             .map(|_| Arc::new(Mailbox::default()))
             .collect();
+        let node = Self::node_of(&config);
         let bus = Box::new(Local::new(mailboxes.clone()));
-        Self::with_bus(config, backend, metrics, mailboxes, bus)
+        Self::with_bus(config, backend, metrics, node, mailboxes, bus)
     }
 
-    /// The state over `bus` (a multi-node broker, or a test double) and the workers'
-    /// `mailboxes` (one per worker).
+    /// The node id `config` names (`NODE_ID`), or a random one.
+    pub fn node_of(config: &Settings) -> NodeId {
+        config
+            .node_id
+            .as_deref()
+            .map_or_else(NodeId::random, NodeId::named)
+    }
+
+    /// The state of node `node` over `bus` (a multi-node broker, or a test double) and the
+    /// workers' `mailboxes` (one per worker).
     pub fn with_bus(
         config: Settings,
         backend: Arc<dyn Backend>,
         metrics: Metrics,
+        node: NodeId,
         mailboxes: Vec<Arc<Mailbox>>,
         bus: Box<dyn Bus>,
     ) -> Self {
         let workers = mailboxes.len();
         Self {
             backend,
-            node: NodeId::random(),
+            node,
             bus,
             mailboxes,
             listening: Default::default(),

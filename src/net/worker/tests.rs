@@ -28,6 +28,7 @@ fn worker() -> (Worker, Arc<Recording>) {
         settings,
         backend,
         Metrics::new(),
+        NodeId(7),
         mailboxes,
         Box::new(recording.clone()),
     );

@@ -1,0 +1,183 @@
+//! Several gateway nodes over one real Redis (Debian's `redis-server`, started here on a free
+//! loopback port): chat events cross nodes, once, in order.
+//!
+//! The nodes run the benchmark fixture (`BENCH_FIXTURE=10:1`: tokens `t0`..`t9`, all in chat
+//! `c0`), which multi-node mode accepts; the embedded store does not (it is per node).
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::*;
+
+/// A `redis-server` of this test's own, gone when dropped.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian's package redis-server; .ci/run installs it)");
+        let redis = Redis { child, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while redis.cli(&["PING"]).trim() != "PONG" {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// A command through `redis-cli`; its output.
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Waits until `n` nodes are subscribed to chat `chat`'s channel.
+    fn wait_subscribers(&self, chat: &str, n: usize) {
+        let channel = format!("ss:chat:{chat}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = self.cli(&["PUBSUB", "NUMSUB", &channel]);
+            let count = out
+                .lines()
+                .nth(1)
+                .and_then(|l| l.trim().parse::<usize>().ok());
+            if count == Some(n) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{channel}: {count:?} subscribers, not {n}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// How many times Redis ran `command` (from `INFO commandstats`).
+    fn calls(&self, command: &str) -> u64 {
+        let key = format!("cmdstat_{command}:calls=");
+        self.cli(&["INFO", "commandstats"])
+            .lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn node(store: &TestStore, redis: &Redis, name: &str) -> Server {
+    ServerBuilder::new(&store.path)
+        .arg("--bench-fixture")
+        .arg("10:1")
+        .env("REDIS_URL", redis.url())
+        .env("NODE_ID", name)
+        .spawn()
+}
+
+#[test]
+fn a_message_and_a_receipt_cross_nodes_once_and_typing_skips_only_the_typist() {
+    let redis = Redis::start();
+    let store = TestStore::new();
+    let (a, b) = (node(&store, &redis, "a"), node(&store, &redis, "b"));
+    let mut alice = a.connect("t0");
+    alice.expect_type("connected");
+    let mut bob = b.connect("t1");
+    bob.expect_type("connected");
+    redis.wait_subscribers("c0", 2);
+    let published_before = redis.calls("publish");
+
+    alice.send(
+        "chat:message",
+        json!({"chatId": "c0", "content": "hello across", "clientMessageId": "x1"}),
+    );
+    let got = bob.expect_type("chat:message");
+    assert_eq!(got["message"]["content"], "hello across");
+    assert_eq!(got["message"]["clientMessageId"], "x1");
+    let echo = alice.expect_type("chat:message");
+    assert_eq!(echo["message"]["content"], "hello across");
+    // Not twice: the sender's node must not deliver its own event again from Redis.
+    alice.expect_no_type("chat:message", Duration::from_millis(300));
+    bob.expect_no_type("chat:message", Duration::from_millis(100));
+    // One PUBLISH for the event: not one per recipient or per node.
+    assert_eq!(redis.calls("publish") - published_before, 1);
+
+    let id = got["message"]["id"].as_str().expect("an id").to_string();
+    bob.send("chat:read", json!({"chatId": "c0", "messageId": id}));
+    let receipt = alice.expect_type("chat:read");
+    assert_eq!(receipt["userId"], "u1");
+    assert_eq!(receipt["messageId"], id.as_str());
+
+    bob.send("chat:typing", json!({"chatId": "c0", "isTyping": true}));
+    let typing = alice.expect_type("chat:typing");
+    assert_eq!(typing["userId"], "u1");
+    // The typist's own node excludes it, and no other node delivers it back.
+    bob.expect_no_type("chat:typing", Duration::from_millis(300));
+}
+
+#[test]
+fn three_hundred_pipelined_messages_arrive_in_order_on_the_other_node() {
+    let redis = Redis::start();
+    let store = TestStore::new();
+    let (a, b) = (node(&store, &redis, "a"), node(&store, &redis, "b"));
+    let mut sender = a.connect("t2");
+    sender.expect_type("connected");
+    let mut reader = b.connect("t3");
+    reader.expect_type("connected");
+    redis.wait_subscribers("c0", 2);
+    for i in 0..300 {
+        sender.send_message("c0", &format!("m{i}"));
+    }
+    for i in 0..300 {
+        let m = reader.expect_type("chat:message");
+        assert_eq!(m["message"]["content"], format!("m{i}"));
+    }
+}
+
+#[test]
+fn the_embedded_store_refuses_multi_node_mode_naming_the_way_out() {
+    let store = TestStore::new();
+    let out = Command::new(env!("CARGO_BIN_EXE_socket-server"))
+        .args(["check-config"])
+        .env("REDIS_URL", "redis://127.0.0.1:1/")
+        .env("STORE_PATH", &store.path)
+        .env_remove("HTTP_API_URL")
+        .env_remove("BENCH_FIXTURE")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("REDIS_URL") && text.contains("HTTP_API_URL"),
+        "{text}"
+    );
+}
