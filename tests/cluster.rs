@@ -24,6 +24,10 @@ impl Redis {
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
+        Redis::on(port)
+    }
+
+    fn on(port: u16) -> Redis {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
@@ -38,6 +42,12 @@ impl Redis {
             std::thread::sleep(Duration::from_millis(20));
         }
         redis
+    }
+
+    /// Kills it (SIGKILL: no goodbye to its clients) and waits until it is gone.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     fn url(&self) -> String {
@@ -180,4 +190,59 @@ fn the_embedded_store_refuses_multi_node_mode_naming_the_way_out() {
         text.contains("REDIS_URL") && text.contains("HTTP_API_URL"),
         "{text}"
     );
+}
+
+/// Waits (bounded) until `server`'s `/readyz` answers `status`.
+fn wait_ready(server: &Server, status: u16) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let got = server.http_get_status("/readyz");
+        if got == status {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz stayed {got}, not {status}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_redis_outage_keeps_local_delivery_answers_not_ready_and_asks_clients_to_resync() {
+    let mut redis = Redis::start();
+    let store = TestStore::new();
+    let (a, b) = (node(&store, &redis, "a"), node(&store, &redis, "b"));
+    let mut alice = a.connect("t0");
+    alice.expect_type("connected");
+    let mut carol = a.connect("t4");
+    carol.expect_type("connected");
+    let mut bob = b.connect("t1");
+    bob.expect_type("connected");
+    redis.wait_subscribers("c0", 2);
+    wait_ready(&a, 200);
+
+    redis.kill();
+    wait_ready(&a, 503);
+    wait_ready(&b, 503);
+    // Delivery on one node does not need Redis.
+    alice.send_message("c0", "during the outage");
+    let m = carol.expect_type("chat:message");
+    assert_eq!(m["message"]["content"], "during the outage");
+    alice.expect_type("chat:message");
+
+    let port = redis.port;
+    drop(redis);
+    let redis = Redis::on(port);
+    // Every member of a chat the node holds is told it may have missed events.
+    for client in [&mut alice, &mut carol, &mut bob] {
+        let r = client.expect_type_within("chat:resync", Duration::from_secs(15));
+        assert_eq!(r["chatIds"], json!(["c0"]));
+    }
+    wait_ready(&a, 200);
+    wait_ready(&b, 200);
+    redis.wait_subscribers("c0", 2);
+    alice.send_message("c0", "after the outage");
+    let m = bob.expect_type("chat:message");
+    assert_eq!(m["message"]["content"], "after the outage");
 }

@@ -36,6 +36,9 @@ pub enum Envelope {
         /// Where the outcomes go.
         reply: futures_channel::oneshot::Sender<Vec<crate::api::Outcome>>,
     },
+    /// Events of these chats may have been lost on the way between nodes: tell their local
+    /// members to recover (`chat:resync`).
+    Resync(Arc<[Arc<str>]>),
     /// Start draining.
     Shutdown,
 }

@@ -125,4 +125,8 @@ pub trait Bus: Send + Sync {
     fn leave(&self, worker: usize, room: &Arc<str>);
     /// Brings a presence change to the user's owner (possibly `from` itself).
     fn presence(&self, from: usize, change: PresenceChange);
+    /// Whether the bus reaches the other nodes; `None` for a bus with no other nodes.
+    fn connected(&self) -> Option<bool> {
+        None
+    }
 }

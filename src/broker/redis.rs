@@ -15,8 +15,10 @@
 //! kept end to end (one queue, one connection, one subscriber). A full queue or a Redis that
 //! is down drops cross-node events (counted, logged) instead of buffering them without bound;
 //! both threads reconnect with backoff and jitter, and the subscriber resubscribes everything.
-//! Not yet: presence counted across nodes (each node counts its own connections), telling
-//! clients which chats may have gaps after an outage, `/readyz` reflecting Redis.
+//! After the subscriber lost Redis, it tells the local members of every chat it holds that
+//! events may have been lost (`chat:resync`), once it is subscribed again; while it is not,
+//! [`Bus::connected`] says so (`/readyz` answers 503). Not yet: presence counted across nodes
+//! (each node counts its own connections).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -183,6 +185,10 @@ impl Bus for RedisBus {
     fn presence(&self, from: usize, change: PresenceChange) {
         self.local.presence(from, change);
     }
+
+    fn connected(&self) -> Option<bool> {
+        Some(self.stats.subscribed.load(Ordering::SeqCst))
+    }
 }
 
 /// A pause before the next attempt: doubling from [`MIN_BACKOFF`] to [`MAX_BACKOFF`], times
@@ -272,11 +278,12 @@ impl Subscriber {
     /// Connects, subscribes, relays; after any failure, again (with backoff).
     fn run(self) {
         let mut failures = 0;
+        let mut lost = false;
         loop {
-            match self.session() {
+            match self.session(std::mem::take(&mut lost)) {
                 Ok(()) => failures = 0,
                 Err(e) => {
-                    self.stats.subscribed.store(false, Ordering::SeqCst);
+                    lost = lost || self.stats.subscribed.swap(false, Ordering::SeqCst);
                     tracing::warn!(error = %e, "Redis subscriber lost its connection: resubscribing");
                     std::thread::sleep(backoff(failures));
                     failures += 1;
@@ -286,8 +293,9 @@ impl Subscriber {
     }
 
     /// One connection's life: subscribe the node's channel and every chat of interest, then
-    /// relay until the connection fails.
-    fn session(&self) -> redis::RedisResult<()> {
+    /// relay until the connection fails. After a lost connection (`recovering`), the local
+    /// members of every subscribed chat are told that its events may have gaps.
+    fn session(&self, recovering: bool) -> redis::RedisResult<()> {
         let mut con = self.client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
         self.stats.connects.fetch_add(1, Ordering::Relaxed);
         let mut ps = con.as_pubsub();
@@ -295,7 +303,17 @@ impl Subscriber {
         let mut subscribed = HashSet::new();
         self.resync(&mut ps, &mut subscribed)?;
         self.stats.subscribed.store(true, Ordering::SeqCst);
-        tracing::info!(chats = subscribed.len(), "Redis subscriber connected");
+        tracing::info!(
+            chats = subscribed.len(),
+            recovering,
+            "Redis subscriber connected"
+        );
+        if recovering && !subscribed.is_empty() {
+            let gaps: Arc<[Arc<str>]> = subscribed.iter().cloned().collect();
+            for mb in &self.mailboxes {
+                mb.post(Envelope::Resync(gaps.clone()));
+            }
+        }
         loop {
             let msg = ps.get_message()?;
             if msg.get_channel_name() == self.control {

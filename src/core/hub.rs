@@ -588,6 +588,24 @@ impl<T> Hub<T> {
         true
     }
 
+    /// Events of `chats` may have been lost between nodes: every connection in any of them is
+    /// told which of its chats to recover (`chat:resync`, before anything newer).
+    pub fn resync(&mut self, chats: &[Arc<str>]) {
+        for (conn, m) in &self.conns {
+            let gaps: Vec<Arc<str>> = m
+                .session
+                .chats()
+                .iter()
+                .filter(|c| chats.contains(c))
+                .cloned()
+                .collect();
+            if !gaps.is_empty() {
+                let frame = Outbound::ChatResync { chat_ids: &gaps }.to_frame();
+                self.effects.push_back(Effect::Send { conn, frame });
+            }
+        }
+    }
+
     /// The users with connections here in `chat`, with their connection counts.
     pub fn users_in(&self, chat: &str) -> HashMap<Arc<str>, usize> {
         let mut users: HashMap<Arc<str>, usize> = HashMap::new();

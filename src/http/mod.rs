@@ -25,12 +25,18 @@ pub struct Readiness {
     pub backend_reachable: bool,
     /// Whether shutdown began.
     pub stopping: bool,
+    /// Whether the multi-node broker is connected (`None`: a single node, no broker).
+    pub broker_connected: Option<bool>,
 }
 
 impl Readiness {
-    /// Ready: every worker listens, the backend answers, and no shutdown began.
+    /// Ready: every worker listens, the backend answers, the broker (if any) is connected,
+    /// and no shutdown began.
     pub fn ready(&self) -> bool {
-        self.listening == self.workers && self.backend_reachable && !self.stopping
+        self.listening == self.workers
+            && self.backend_reachable
+            && !self.stopping
+            && self.broker_connected != Some(false)
     }
 }
 
@@ -85,8 +91,12 @@ async fn respond_get(server: &impl Health, method: &str, path: &str) -> Vec<u8> 
         ),
         "/readyz" => {
             let r = server.readiness().await;
+            let broker = match r.broker_connected {
+                Some(up) => format!(r#","brokerConnected":{up}"#),
+                None => String::new(),
+            };
             let body = format!(
-                r#"{{"ready":{},"workersListening":{},"workers":{},"backend":"{}","backendReachable":{},"stopping":{}}}"#,
+                r#"{{"ready":{},"workersListening":{},"workers":{},"backend":"{}","backendReachable":{},"stopping":{}{broker}}}"#,
                 r.ready(),
                 r.listening,
                 r.workers,
@@ -148,6 +158,7 @@ mod tests {
                 backend: "store",
                 backend_reachable: true,
                 stopping,
+                broker_connected: None,
             },
             demo,
         }
@@ -167,6 +178,14 @@ mod tests {
         let ok = answer(&fake(false, false), "GET", "/readyz");
         assert!(ok.starts_with("HTTP/1.1 200 OK"), "{ok}");
         assert!(ok.ends_with(r#"{"ready":true,"workersListening":2,"workers":2,"backend":"store","backendReachable":true,"stopping":false}"#), "{ok}");
+        let mut cut_off = fake(false, false);
+        cut_off.readiness.broker_connected = Some(false);
+        let cut_off = answer(&cut_off, "GET", "/readyz");
+        assert!(cut_off.starts_with("HTTP/1.1 503"), "{cut_off}");
+        assert!(
+            cut_off.ends_with(r#""stopping":false,"brokerConnected":false}"#),
+            "{cut_off}"
+        );
         let stopping = answer(&fake(true, false), "GET", "/readyz");
         assert!(stopping.starts_with("HTTP/1.1 503"), "{stopping}");
         assert!(stopping.contains(r#""ready":false"#), "{stopping}");

@@ -45,6 +45,7 @@ impl Health for Worker {
             backend: backend.name(),
             backend_reachable,
             stopping: shared.stopping(),
+            broker_connected: shared.broker_connected(),
         }
     }
 }

@@ -66,6 +66,13 @@ pub enum Outbound<'a> {
         /// The chats the connection receives events from.
         chat_ids: &'a [Arc<str>],
     },
+    /// Events of these chats may have been lost (multi-node mode: the broker was unreachable);
+    /// the client recovers them with `chat:history` from the last id it saw.
+    #[serde(rename = "chat:resync", rename_all = "camelCase")]
+    ChatResync {
+        /// The chats that may have gaps.
+        chat_ids: &'a [Arc<str>],
+    },
     /// A new message in a chat.
     #[serde(rename = "chat:message", rename_all = "camelCase")]
     ChatMessage {

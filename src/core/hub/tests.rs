@@ -589,3 +589,26 @@ fn an_answer_of_the_wrong_shape_is_an_internal_error_not_a_guess() {
         ]
     ));
 }
+
+#[test]
+fn resync_tells_each_member_only_its_own_chats_that_may_have_gaps() {
+    let mut w = World::new(0);
+    let a = w.open("u1", &["c", "d"]);
+    let b = w.open("u2", &["d"]);
+    w.open("u3", &["e"]);
+    w.hub.resync(&chats(&["c", "e2", "d"]));
+    let sent: Vec<(usize, serde_json::Value)> = w
+        .effects()
+        .into_iter()
+        .map(|e| match e {
+            Effect::Send { conn, frame } => (conn, json(&frame)),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert_eq!(sent[0].0, a);
+    assert_eq!(sent[0].1["type"], "chat:resync");
+    assert_eq!(sent[0].1["chatIds"], serde_json::json!(["c", "d"]));
+    assert_eq!(sent[1].0, b);
+    assert_eq!(sent[1].1["chatIds"], serde_json::json!(["d"]));
+}

@@ -170,6 +170,11 @@ impl Shared {
         self.node
     }
 
+    /// Whether the bus reaches the other nodes (`None`: a single node).
+    pub fn broker_connected(&self) -> Option<bool> {
+        self.bus.connected()
+    }
+
     /// Number of workers.
     pub fn workers(&self) -> usize {
         self.mailboxes.len()
@@ -580,6 +585,10 @@ impl Worker {
             }
             Envelope::Presence(change) => {
                 self.hub.borrow_mut().presence(change);
+                self.flush();
+            }
+            Envelope::Resync(chats) => {
+                self.hub.borrow_mut().resync(&chats);
                 self.flush();
             }
             Envelope::Shutdown => {
