@@ -266,7 +266,7 @@ fn serve(config: &Config, huge_pages_off: bool) -> anyhow::Result<()> {
             let node = Shared::node_of(&settings);
             let mailboxes: Vec<Arc<Mailbox>> =
                 (0..workers).map(|_| Arc::new(Mailbox::default())).collect();
-            let bus = RedisBus::start(&url, node, mailboxes.clone())
+            let bus = RedisBus::start(&url, node, settings.presence_lease, mailboxes.clone())
                 .with_context(|| format!("starting the Redis broker for {url}"))?;
             tracing::info!(node = %node, name = ?settings.node_id, "Multi-node mode over Redis");
             Shared::with_bus(

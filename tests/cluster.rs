@@ -246,3 +246,112 @@ fn a_redis_outage_keeps_local_delivery_answers_not_ready_and_asks_clients_to_res
     let m = bob.expect_type("chat:message");
     assert_eq!(m["message"]["content"], "after the outage");
 }
+
+/// The `online` values of the `user:online` frames about `user` among `frames`.
+fn online(frames: &[serde_json::Value], user: &str) -> Vec<bool> {
+    frames
+        .iter()
+        .filter(|v| v["type"] == "user:online" && v["payload"]["userId"] == user)
+        .filter_map(|v| v["payload"]["online"].as_bool())
+        .collect()
+}
+
+/// Collects `client`'s frames until `user`'s presence was announced `want` times (or
+/// `within` passed), then a little longer to catch a duplicate; the announcements seen.
+fn presence_seen(client: &mut Client, user: &str, want: usize, within: Duration) -> Vec<bool> {
+    let deadline = Instant::now() + within;
+    let mut seen = Vec::new();
+    while seen.len() < want && Instant::now() < deadline {
+        seen.extend(online(&client.collect(Duration::from_millis(100)), user));
+    }
+    seen.extend(online(&client.collect(Duration::from_millis(400)), user));
+    seen
+}
+
+#[test]
+fn a_user_on_two_nodes_is_announced_online_once_and_offline_once() {
+    let redis = Redis::start();
+    let store = TestStore::new();
+    let (a, b) = (node(&store, &redis, "a"), node(&store, &redis, "b"));
+    let mut watcher = b.connect("t1");
+    watcher.expect_type("connected");
+    redis.wait_subscribers("c0", 1);
+    let mut phone = a.connect("t0");
+    phone.expect_type("connected");
+    let mut laptop = b.connect("t0");
+    laptop.expect_type("connected");
+    let timeout = Duration::from_secs(5);
+    assert_eq!(presence_seen(&mut watcher, "u0", 1, timeout), vec![true]);
+    phone.close();
+    assert_eq!(
+        presence_seen(&mut watcher, "u0", 0, timeout),
+        Vec::<bool>::new(),
+        "still connected on the other node"
+    );
+    laptop.close();
+    assert_eq!(presence_seen(&mut watcher, "u0", 1, timeout), vec![false]);
+}
+
+#[test]
+fn a_killed_node_s_last_connections_go_offline_once_within_the_lease() {
+    let redis = Redis::start();
+    let store = TestStore::new();
+    let lease = |name| {
+        ServerBuilder::new(&store.path)
+            .arg("--bench-fixture")
+            .arg("10:1")
+            .env("REDIS_URL", redis.url())
+            .env("NODE_ID", name)
+            .env("PRESENCE_LEASE", "900")
+            .spawn()
+    };
+    let (mut a, b, c) = (lease("a"), lease("b"), lease("c"));
+    let mut on_b = b.connect("t1");
+    on_b.expect_type("connected");
+    let mut on_c = c.connect("t2");
+    on_c.expect_type("connected");
+    let mut doomed = a.connect("t0");
+    doomed.expect_type("connected");
+    let timeout = Duration::from_secs(5);
+    assert_eq!(presence_seen(&mut on_b, "u0", 1, timeout), vec![true]);
+    assert_eq!(presence_seen(&mut on_c, "u0", 1, timeout), vec![true]);
+    let killed = Instant::now();
+    a.kill();
+    // Announced by whichever survivor reaps node a first, and only once.
+    assert_eq!(presence_seen(&mut on_b, "u0", 1, timeout), vec![false]);
+    assert_eq!(presence_seen(&mut on_c, "u0", 1, timeout), vec![false]);
+    assert!(
+        killed.elapsed() < Duration::from_secs(5),
+        "offline within the lease and a beat"
+    );
+}
+
+#[test]
+fn a_user_who_moves_to_another_node_before_the_lease_lapses_does_not_flap() {
+    let redis = Redis::start();
+    let store = TestStore::new();
+    let lease = |name| {
+        ServerBuilder::new(&store.path)
+            .arg("--bench-fixture")
+            .arg("10:1")
+            .env("REDIS_URL", redis.url())
+            .env("NODE_ID", name)
+            .env("PRESENCE_LEASE", "900")
+            .spawn()
+    };
+    let (mut a, b) = (lease("a"), lease("b"));
+    let mut watcher = b.connect("t1");
+    watcher.expect_type("connected");
+    let mut mover = a.connect("t0");
+    mover.expect_type("connected");
+    let timeout = Duration::from_secs(5);
+    assert_eq!(presence_seen(&mut watcher, "u0", 1, timeout), vec![true]);
+    a.kill();
+    // Back on a surviving node well within the lease: still the same online user.
+    let mut moved = b.connect("t0");
+    moved.expect_type("connected");
+    let seen = online(&watcher.collect(Duration::from_secs(3)), "u0");
+    assert!(seen.is_empty(), "flapped: {seen:?}");
+    moved.close();
+    assert_eq!(presence_seen(&mut watcher, "u0", 1, timeout), vec![false]);
+}

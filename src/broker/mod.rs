@@ -18,10 +18,12 @@
 //! - [`mailbox`]: a worker's lock-free inbox, one wake-up per batch.
 //! - [`local`]: the in-process bus over the workers' mailboxes.
 //! - [`recording`]: a bus that records its calls, the test double for publishers.
-//! - [`redis`]: the multi-node bus over Redis PUB/SUB; [`wire`]: its record format.
+//! - [`redis`]: the multi-node bus over Redis PUB/SUB; [`wire`]: its record format;
+//!   [`presence`]: presence counted across nodes, with leases.
 
 pub mod local;
 pub mod mailbox;
+pub mod presence;
 pub mod recording;
 pub mod redis;
 pub mod wire;

@@ -17,8 +17,8 @@
 //! both threads reconnect with backoff and jitter, and the subscriber resubscribes everything.
 //! After the subscriber lost Redis, it tells the local members of every chat it holds that
 //! events may have been lost (`chat:resync`), once it is subscribed again; while it is not,
-//! [`Bus::connected`] says so (`/readyz` answers 503). Not yet: presence counted across nodes
-//! (each node counts its own connections).
+//! [`Bus::connected`] says so (`/readyz` answers 503). Presence is counted in Redis across
+//! nodes, with leases (see [`presence`]); announcements go out on one channel all nodes hear.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,7 +28,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 
-use super::{wire, Bus, Envelope, Local, Mailbox, NodeId, PresenceChange, RoomEvent};
+use super::{presence, wire, Bus, Envelope, Local, Mailbox, NodeId, PresenceChange, RoomEvent};
 
 /// Events waiting for the publisher; more are dropped (and counted) rather than queued.
 const QUEUE: usize = 65_536;
@@ -42,6 +42,9 @@ const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Prefix of every channel (several deployments may share one Redis).
 const PREFIX: &str = "ss:";
+/// The channel of presence announcements: every node subscribes to it, so an announcement in
+/// several chats reaches each node once (a connection in two of them gets it once).
+const PRESENCE_CHANNEL: &str = "ss:presence";
 
 /// The Redis channel of a chat.
 pub fn chat_channel(room: &str) -> String {
@@ -54,6 +57,8 @@ enum Outgoing {
     Publish { channel: String, record: Bytes },
     /// Wake the node's own subscriber: its interest changed.
     Resync,
+    /// A user's connection opened or closed on this node.
+    Presence(PresenceChange),
 }
 
 /// Counters of the broker, for logs and tests.
@@ -83,7 +88,13 @@ pub struct RedisBus {
 impl RedisBus {
     /// Starts the publisher and subscriber threads for `node` against the Redis at `url`;
     /// events from other nodes go to `mailboxes` (this node's workers).
-    pub fn start(url: &str, node: NodeId, mailboxes: Vec<Arc<Mailbox>>) -> std::io::Result<Self> {
+    /// `lease` is how long the node's presence counts survive it (`PRESENCE_LEASE`).
+    pub fn start(
+        url: &str,
+        node: NodeId,
+        lease: Duration,
+        mailboxes: Vec<Arc<Mailbox>>,
+    ) -> std::io::Result<Self> {
         let client = redis::Client::open(url)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let (out, queue) = bounded(QUEUE);
@@ -93,8 +104,17 @@ impl RedisBus {
         std::thread::Builder::new()
             .name("redis-pub".into())
             .spawn({
-                let (client, control, stats) = (client.clone(), control.clone(), stats.clone());
-                move || publisher(client, queue, control, stats)
+                let publisher = Publisher {
+                    client: client.clone(),
+                    node,
+                    lease,
+                    control: control.clone(),
+                    mailboxes: mailboxes.clone(),
+                    stats: stats.clone(),
+                    scripts: presence::Scripts::default(),
+                    counts: presence::Local::default(),
+                };
+                move || publisher.run(queue)
             })?;
         std::thread::Builder::new()
             .name("redis-sub".into())
@@ -182,8 +202,9 @@ impl Bus for RedisBus {
         }
     }
 
-    fn presence(&self, from: usize, change: PresenceChange) {
-        self.local.presence(from, change);
+    fn presence(&self, _from: usize, change: PresenceChange) {
+        // Counted in Redis, across nodes; never by this node's workers.
+        self.send(Outgoing::Presence(change));
     }
 
     fn connected(&self) -> Option<bool> {
@@ -200,43 +221,95 @@ fn backoff(failures: u32) -> Duration {
     base.mul_f64(rand::random::<f64>() + 0.5)
 }
 
-fn publisher(
+/// The publisher thread's state.
+struct Publisher {
     client: redis::Client,
-    queue: Receiver<Outgoing>,
+    node: NodeId,
+    lease: Duration,
     control: String,
+    mailboxes: Vec<Arc<Mailbox>>,
     stats: Arc<BrokerStats>,
-) {
-    let mut con: Option<redis::Connection> = None;
-    let mut failures = 0;
-    let mut batch = Vec::with_capacity(BATCH);
-    while let Ok(first) = queue.recv() {
-        batch.push(first);
-        while batch.len() < BATCH {
-            match queue.try_recv() {
-                Ok(o) => batch.push(o),
-                Err(_) => break,
+    scripts: presence::Scripts,
+    counts: presence::Local,
+}
+
+impl Publisher {
+    /// Publishes what the workers queue, keeps the node's lease and reaps dead nodes, until
+    /// the queue is gone.
+    fn run(mut self, queue: Receiver<Outgoing>) {
+        let mut con: Option<redis::Connection> = None;
+        let mut failures = 0;
+        let mut batch = Vec::with_capacity(BATCH);
+        let beat = self.lease / 3;
+        let mut next_beat = std::time::Instant::now();
+        loop {
+            let wait = next_beat.saturating_duration_since(std::time::Instant::now());
+            match queue.recv_timeout(wait) {
+                Ok(first) => batch.push(first),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
             }
-        }
-        if con.is_none() {
-            match client.get_connection_with_timeout(CONNECT_TIMEOUT) {
-                Ok(c) => {
-                    stats.connects.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!("Redis publisher connected");
-                    con = Some(c);
-                    failures = 0;
-                }
-                Err(e) => {
-                    stats
-                        .dropped
-                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    batch.clear();
-                    tracing::warn!(error = %e, "Redis unreachable: cross-node events dropped");
-                    std::thread::sleep(backoff(failures));
-                    failures += 1;
-                    continue;
+            while batch.len() < BATCH {
+                match queue.try_recv() {
+                    Ok(o) => batch.push(o),
+                    Err(_) => break,
                 }
             }
+            // Counted locally whatever Redis does: registered again after a reconnect.
+            for o in &batch {
+                if let Outgoing::Presence(c) = o {
+                    self.counts.count(&c.user, &c.chats, c.opened);
+                }
+            }
+            if con.is_none() {
+                match self.connect() {
+                    Ok(c) => {
+                        con = Some(c);
+                        failures = 0;
+                    }
+                    Err(e) => {
+                        let lost = batch.iter().filter(|o| !matches!(o, Outgoing::Resync));
+                        self.stats
+                            .dropped
+                            .fetch_add(lost.count() as u64, Ordering::Relaxed);
+                        batch.clear();
+                        tracing::warn!(error = %e, "Redis unreachable: cross-node events dropped");
+                        std::thread::sleep(backoff(failures));
+                        failures += 1;
+                        continue;
+                    }
+                }
+            }
+            let Some(c) = con.as_mut() else { continue };
+            let mut result = self.send_batch(c, &mut batch);
+            if result.is_ok() && std::time::Instant::now() >= next_beat {
+                next_beat = std::time::Instant::now() + beat;
+                result = self.beat(c);
+            }
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "Redis publish failed: reconnecting");
+                con = None;
+            }
         }
+    }
+
+    /// A new connection: the node's lease, then its presence counts as they are (Redis may
+    /// have lost them).
+    fn connect(&self) -> redis::RedisResult<redis::Connection> {
+        let mut c = self.client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
+        presence::renew(&mut c, self.node, self.lease)?;
+        presence::restore(&mut c, &self.scripts, self.node, &self.counts)?;
+        self.stats.connects.fetch_add(1, Ordering::Relaxed);
+        tracing::info!("Redis publisher connected");
+        Ok(c)
+    }
+
+    /// Sends `batch` in order: publications pipelined, presence changes one script each.
+    fn send_batch(
+        &self,
+        c: &mut redis::Connection,
+        batch: &mut Vec<Outgoing>,
+    ) -> redis::RedisResult<()> {
         let mut pipe = redis::pipe();
         let mut records = 0;
         for o in batch.drain(..) {
@@ -246,21 +319,103 @@ fn publisher(
                     records += 1;
                 }
                 Outgoing::Resync => {
-                    pipe.cmd("PUBLISH").arg(&control).arg("resync").ignore();
+                    pipe.cmd("PUBLISH")
+                        .arg(&self.control)
+                        .arg("resync")
+                        .ignore();
+                }
+                Outgoing::Presence(change) => {
+                    // What was queued before it goes first: per-sender order.
+                    self.flush(c, &mut pipe, &mut records)?;
+                    let first_or_last = presence::change(
+                        c,
+                        &self.scripts,
+                        self.node,
+                        &change.user,
+                        &change.chats,
+                        change.opened,
+                    )?;
+                    if first_or_last {
+                        self.announce(c, &change.user, change.chats, change.opened)?;
+                    }
                 }
             }
         }
-        let Some(c) = con.as_mut() else { continue };
-        match pipe.query::<()>(c) {
+        self.flush(c, &mut pipe, &mut records)
+    }
+
+    fn flush(
+        &self,
+        c: &mut redis::Connection,
+        pipe: &mut redis::Pipeline,
+        records: &mut u64,
+    ) -> redis::RedisResult<()> {
+        if pipe.cmd_iter().next().is_none() {
+            return Ok(());
+        }
+        let sent = std::mem::take(records);
+        let result = pipe.query::<()>(c);
+        *pipe = redis::pipe();
+        match result {
             Ok(()) => {
-                stats.published.fetch_add(records, Ordering::Relaxed);
+                self.stats.published.fetch_add(sent, Ordering::Relaxed);
+                Ok(())
             }
             Err(e) => {
-                stats.dropped.fetch_add(records, Ordering::Relaxed);
-                tracing::warn!(error = %e, "Redis publish failed: reconnecting");
-                con = None;
+                self.stats.dropped.fetch_add(sent, Ordering::Relaxed);
+                Err(e)
             }
         }
+    }
+
+    /// `user:online` in `chats`: to this node's workers, and once to every other node.
+    fn announce(
+        &self,
+        c: &mut redis::Connection,
+        user: &Arc<str>,
+        chats: Vec<Arc<str>>,
+        online: bool,
+    ) -> redis::RedisResult<()> {
+        if chats.is_empty() {
+            return Ok(());
+        }
+        tracing::debug!(user_id = %user, online, "Presence changed (cluster)");
+        let frame = crate::protocol::Outbound::UserOnline {
+            user_id: user,
+            online,
+        }
+        .to_frame();
+        let event = Arc::new(RoomEvent {
+            rooms: chats,
+            frame,
+            origin: super::Origin {
+                node: self.node,
+                worker: 0,
+            },
+            exclude: None,
+            kind: super::EventKind::Presence,
+        });
+        for mb in &self.mailboxes {
+            mb.post(Envelope::Room(event.clone()));
+        }
+        let record = wire::encode(&event);
+        redis::cmd("PUBLISH")
+            .arg(PRESENCE_CHANNEL)
+            .arg(&record[..])
+            .query::<()>(c)?;
+        self.stats.published.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Every third of the lease: renew this node's, and reap the nodes whose lapsed
+    /// (announcing their users who have no connection left, exactly once cluster-wide).
+    fn beat(&self, c: &mut redis::Connection) -> redis::RedisResult<()> {
+        presence::renew(c, self.node, self.lease)?;
+        for (user, chats) in presence::reap(c, &self.scripts, self.node)? {
+            tracing::info!(user_id = %user, "A dead node's user went offline");
+            self.announce(c, &user, chats, false)?;
+        }
+        Ok(())
     }
 }
 
@@ -300,6 +455,7 @@ impl Subscriber {
         self.stats.connects.fetch_add(1, Ordering::Relaxed);
         let mut ps = con.as_pubsub();
         ps.subscribe(&self.control)?;
+        ps.subscribe(PRESENCE_CHANNEL)?;
         let mut subscribed = HashSet::new();
         self.resync(&mut ps, &mut subscribed)?;
         self.stats.subscribed.store(true, Ordering::SeqCst);

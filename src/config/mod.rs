@@ -110,6 +110,11 @@ pub const DEFAULT_BREAKER_THRESHOLD: u32 = 5;
 pub const DEFAULT_BREAKER_COOLDOWN_MS: u64 = 5_000;
 /// Longest duration any setting accepts, in milliseconds (one day).
 pub const MAX_DURATION_MS: u64 = 86_400_000;
+/// Default `PRESENCE_LEASE`, in milliseconds.
+pub const DEFAULT_PRESENCE_LEASE_MS: u64 = 15_000;
+/// Shortest `PRESENCE_LEASE`, in milliseconds (renewed every third of it).
+pub const MIN_PRESENCE_LEASE_MS: u64 = 300;
+
 /// Default cap on open connections per process.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
 
@@ -322,6 +327,12 @@ pub struct Config {
     /// random id per start. Env `NODE_ID`.
     #[arg(long, env = "NODE_ID")]
     pub node_id: Option<String>,
+
+    /// How long a node's presence counts outlive it, in milliseconds (multi-node mode): a
+    /// node renews its lease every third of it; when it lapses, the other nodes announce its
+    /// users offline. Env `PRESENCE_LEASE`. Default 15000.
+    #[arg(long = "presence-lease-ms", env = "PRESENCE_LEASE", default_value_t = DEFAULT_PRESENCE_LEASE_MS)]
+    pub presence_lease_ms: u64,
 }
 
 /// The server API key. Its `Debug` form is redacted, so `check-config` and logs never show it;
@@ -511,6 +522,7 @@ impl Config {
             transparent_huge_pages: self.transparent_huge_pages,
             redis_url: self.redis_url.clone(),
             node_id: self.node_id.clone(),
+            presence_lease: ms(self.presence_lease_ms),
         })
     }
 
@@ -540,10 +552,14 @@ impl Config {
             ("BREAKER_COOLDOWN", self.breaker_cooldown_ms),
             ("AUTH_CACHE_TTL", self.auth_cache_ttl_ms),
             ("STALL_TIMEOUT", self.stall_timeout_ms),
+            ("PRESENCE_LEASE", self.presence_lease_ms),
         ] {
             if ms > MAX_DURATION_MS {
                 return Err(bad(var, "must be at most 86400000 ms (one day)"));
             }
+        }
+        if self.presence_lease_ms < MIN_PRESENCE_LEASE_MS {
+            return Err(bad("PRESENCE_LEASE", "must be at least 300 ms"));
         }
         if self.stall_timeout_ms < MIN_STALL_TIMEOUT_MS {
             return Err(bad("STALL_TIMEOUT", "must be at least 100 ms"));

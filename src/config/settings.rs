@@ -41,6 +41,8 @@ pub struct Settings {
     pub redis_url: Option<String>,
     /// `NODE_ID`: this node's name (non-empty); random when unset.
     pub node_id: Option<String>,
+    /// `PRESENCE_LEASE`: at least 300 ms.
+    pub presence_lease: Duration,
 }
 
 /// Listening and admission.
