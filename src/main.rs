@@ -266,8 +266,15 @@ fn serve(config: &Config, huge_pages_off: bool) -> anyhow::Result<()> {
             let node = Shared::node_of(&settings);
             let mailboxes: Vec<Arc<Mailbox>> =
                 (0..workers).map(|_| Arc::new(Mailbox::default())).collect();
-            let bus = RedisBus::start(&url, node, settings.presence_lease, mailboxes.clone())
-                .with_context(|| format!("starting the Redis broker for {url}"))?;
+            let hooks = metrics.broker_hooks();
+            let bus = RedisBus::start(
+                &url,
+                node,
+                settings.presence_lease,
+                mailboxes.clone(),
+                hooks,
+            )
+            .with_context(|| format!("starting the Redis broker for {url}"))?;
             tracing::info!(node = %node, name = ?settings.node_id, "Multi-node mode over Redis");
             Shared::with_bus(
                 settings,

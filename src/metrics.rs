@@ -26,6 +26,12 @@
 //! | `socket_server_connections_refused_total` | reason | connections refused by the caps |
 //! | `socket_server_auth_cache_hits_total` | | authentications answered from the cache |
 //! | `socket_server_breaker_state` | | REST circuit breaker: 0 closed, 1 open, 2 half-open |
+//! | `socket_server_broker_connected` | | multi-node: 1 while the Redis subscriber is subscribed |
+//! | `socket_server_broker_subscriptions` | | multi-node: chat channels the node is subscribed to |
+//! | `socket_server_broker_published_total` | | multi-node: records published to Redis |
+//! | `socket_server_broker_received_total` | | multi-node: records received from other nodes |
+//! | `socket_server_broker_dropped_total` | | multi-node: events not published (queue full, Redis down) |
+//! | `socket_server_broker_connects_total` | | multi-node: Redis connections (re)established |
 //! | `socket_server_server_closes_total` | code | connections the server closed, by close code |
 //! | `socket_server_api_requests_total` | route, status | server API requests by route and answer |
 //! | `socket_server_api_request_seconds` | route | server API handling time histogram |
@@ -136,9 +142,27 @@ pub struct Metrics {
     refused: Family<ReasonLabel, Counter>,
     auth_cache_hits: Counter,
     breaker_state: Gauge,
+    broker: BrokerHooks,
     closes: Family<CodeLabel, Counter>,
     api_requests: Family<RouteStatus, Counter>,
     api_seconds: Family<RouteLabel, Histogram, fn() -> Histogram>,
+}
+
+/// Handles the multi-node broker updates (all zero on a single node).
+#[derive(Clone, Debug, Default)]
+pub struct BrokerHooks {
+    /// 1 while the subscriber is subscribed.
+    pub connected: Gauge,
+    /// Chat channels subscribed.
+    pub subscriptions: Gauge,
+    /// Records published.
+    pub published: Counter,
+    /// Records received from other nodes.
+    pub received: Counter,
+    /// Events not published: queue full or Redis down.
+    pub dropped: Counter,
+    /// Connections (re)established by either broker thread.
+    pub connects: Counter,
 }
 
 /// Handles the REST backend updates.
@@ -176,6 +200,7 @@ impl Metrics {
             refused: Family::default(),
             auth_cache_hits: Counter::default(),
             breaker_state: Gauge::default(),
+            broker: BrokerHooks::default(),
             closes: Family::default(),
             api_requests: Family::default(),
             api_seconds: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
@@ -252,6 +277,45 @@ impl Metrics {
             "REST circuit breaker: 0 closed, 1 open, 2 half-open",
             m.breaker_state.clone(),
         );
+        let b = &m.broker;
+        for (name, help, gauge) in [
+            (
+                "broker_connected",
+                "Multi-node: 1 while the Redis subscriber is subscribed",
+                &b.connected,
+            ),
+            (
+                "broker_subscriptions",
+                "Multi-node: chat channels the node is subscribed to",
+                &b.subscriptions,
+            ),
+        ] {
+            registry.register(name, help, gauge.clone());
+        }
+        for (name, help, counter) in [
+            (
+                "broker_published",
+                "Multi-node: records published to Redis",
+                &b.published,
+            ),
+            (
+                "broker_received",
+                "Multi-node: records received from other nodes",
+                &b.received,
+            ),
+            (
+                "broker_dropped",
+                "Multi-node: events not published (queue full or Redis down)",
+                &b.dropped,
+            ),
+            (
+                "broker_connects",
+                "Multi-node: Redis connections (re)established",
+                &b.connects,
+            ),
+        ] {
+            registry.register(name, help, counter.clone());
+        }
         registry.register(
             "api_requests",
             "Server API requests, by route and answer status",
@@ -323,6 +387,11 @@ impl Metrics {
             auth_cache_hits: self.auth_cache_hits.clone(),
             breaker_state: self.breaker_state.clone(),
         }
+    }
+
+    /// The handles the multi-node broker updates.
+    pub fn broker_hooks(&self) -> BrokerHooks {
+        self.broker.clone()
     }
 
     /// Counts an error frame sent with `code`.

@@ -355,3 +355,43 @@ fn a_user_who_moves_to_another_node_before_the_lease_lapses_does_not_flap() {
     moved.close();
     assert_eq!(presence_seen(&mut watcher, "u0", 1, timeout), vec![false]);
 }
+
+#[test]
+fn a_stopping_node_gives_up_its_lease_so_its_users_go_offline_before_it_lapses() {
+    let redis = Redis::start();
+    let store = TestStore::new();
+    let lease = |name| {
+        ServerBuilder::new(&store.path)
+            .arg("--bench-fixture")
+            .arg("10:1")
+            .env("REDIS_URL", redis.url())
+            .env("NODE_ID", name)
+            .env("PRESENCE_LEASE", "9000")
+            .spawn()
+    };
+    let (a, b) = (lease("a"), lease("b"));
+    let mut watcher = b.connect("t1");
+    watcher.expect_type("connected");
+    let mut leaving = a.connect("t0");
+    leaving.expect_type("connected");
+    let timeout = Duration::from_secs(5);
+    assert_eq!(presence_seen(&mut watcher, "u0", 1, timeout), vec![true]);
+    let stopped = Instant::now();
+    a.terminate();
+    // The survivor looks every 3 s (a third of the lease). Without the resignation the lease
+    // would lapse 6 to 9 s after the stop.
+    assert_eq!(
+        presence_seen(&mut watcher, "u0", 1, Duration::from_millis(4500)),
+        vec![false]
+    );
+    assert!(stopped.elapsed() < Duration::from_millis(5000));
+    let text = http_get(b.port, "/metrics").1;
+    assert!(text.contains("socket_server_broker_connected 1"), "{text}");
+    let received = text
+        .lines()
+        .find_map(|l| l.strip_prefix("socket_server_broker_received_total "))
+        .and_then(|n| n.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    // Node a's announcement of u0 online; the offline one is node b's own (it reaped a).
+    assert!(received >= 1.0, "node a's record: {received}");
+}

@@ -21,7 +21,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("metrics", &["protocol"]),
     ("telemetry", &["protocol"]),
     ("backend", &["protocol", "config", "metrics"]),
-    ("broker", &["protocol", "core", "api"]),
+    ("broker", &["protocol", "core", "api", "metrics"]),
     (
         "net",
         &[

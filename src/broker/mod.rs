@@ -127,6 +127,10 @@ pub trait Bus: Send + Sync {
     fn leave(&self, worker: usize, room: &Arc<str>);
     /// Brings a presence change to the user's owner (possibly `from` itself).
     fn presence(&self, from: usize, change: PresenceChange);
+    /// The node is stopping: its part in the cluster can end now (a multi-node bus gives up
+    /// the node's presence lease, so the others announce its users offline at their next
+    /// look instead of after the lease).
+    fn stop(&self) {}
     /// Whether the bus reaches the other nodes; `None` for a bus with no other nodes.
     fn connected(&self) -> Option<bool> {
         None

@@ -21,12 +21,13 @@
 //! nodes, with leases (see [`presence`]); announcements go out on one channel all nodes hear.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+
+use crate::metrics::BrokerHooks;
 
 use super::{presence, wire, Bus, Envelope, Local, Mailbox, NodeId, PresenceChange, RoomEvent};
 
@@ -59,21 +60,8 @@ enum Outgoing {
     Resync,
     /// A user's connection opened or closed on this node.
     Presence(PresenceChange),
-}
-
-/// Counters of the broker, for logs and tests.
-#[derive(Debug, Default)]
-pub struct BrokerStats {
-    /// Whether the subscriber is connected and subscribed.
-    pub subscribed: AtomicBool,
-    /// Records published.
-    pub published: AtomicU64,
-    /// Records received from other nodes.
-    pub received: AtomicU64,
-    /// Events not published: queue full or Redis down.
-    pub dropped: AtomicU64,
-    /// Connections (re)established by either thread.
-    pub connects: AtomicU64,
+    /// The node is stopping: give up its lease.
+    Resign,
 }
 
 /// The multi-node bus over Redis.
@@ -82,24 +70,26 @@ pub struct RedisBus {
     node: NodeId,
     out: Sender<Outgoing>,
     interest: Arc<Mutex<HashMap<Arc<str>, usize>>>,
-    stats: Arc<BrokerStats>,
+    stats: BrokerHooks,
 }
 
 impl RedisBus {
     /// Starts the publisher and subscriber threads for `node` against the Redis at `url`;
     /// events from other nodes go to `mailboxes` (this node's workers).
-    /// `lease` is how long the node's presence counts survive it (`PRESENCE_LEASE`).
+    /// `lease` is how long the node's presence counts survive it (`PRESENCE_LEASE`); the
+    /// broker's metrics go to `hooks`.
     pub fn start(
         url: &str,
         node: NodeId,
         lease: Duration,
         mailboxes: Vec<Arc<Mailbox>>,
+        hooks: BrokerHooks,
     ) -> std::io::Result<Self> {
         let client = redis::Client::open(url)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let (out, queue) = bounded(QUEUE);
         let interest: Arc<Mutex<HashMap<Arc<str>, usize>>> = Arc::default();
-        let stats: Arc<BrokerStats> = Arc::default();
+        let stats = hooks;
         let control = format!("{PREFIX}node:{node}");
         std::thread::Builder::new()
             .name("redis-pub".into())
@@ -113,6 +103,7 @@ impl RedisBus {
                     stats: stats.clone(),
                     scripts: presence::Scripts::default(),
                     counts: presence::Local::default(),
+                    resigned: Default::default(),
                 };
                 move || publisher.run(queue)
             })?;
@@ -138,16 +129,11 @@ impl RedisBus {
         })
     }
 
-    /// The broker's counters.
-    pub fn stats(&self) -> Arc<BrokerStats> {
-        self.stats.clone()
-    }
-
     fn send(&self, o: Outgoing) {
         match self.out.try_send(o) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                self.stats.dropped.inc_by(1);
             }
         }
     }
@@ -207,8 +193,12 @@ impl Bus for RedisBus {
         self.send(Outgoing::Presence(change));
     }
 
+    fn stop(&self) {
+        self.send(Outgoing::Resign);
+    }
+
     fn connected(&self) -> Option<bool> {
-        Some(self.stats.subscribed.load(Ordering::SeqCst))
+        Some(self.stats.connected.get() == 1)
     }
 }
 
@@ -228,9 +218,11 @@ struct Publisher {
     lease: Duration,
     control: String,
     mailboxes: Vec<Arc<Mailbox>>,
-    stats: Arc<BrokerStats>,
+    stats: BrokerHooks,
     scripts: presence::Scripts,
     counts: presence::Local,
+    /// The node is stopping and gave up its lease: do not renew it.
+    resigned: std::cell::Cell<bool>,
 }
 
 impl Publisher {
@@ -268,10 +260,10 @@ impl Publisher {
                         failures = 0;
                     }
                     Err(e) => {
-                        let lost = batch.iter().filter(|o| !matches!(o, Outgoing::Resync));
-                        self.stats
-                            .dropped
-                            .fetch_add(lost.count() as u64, Ordering::Relaxed);
+                        let lost = batch
+                            .iter()
+                            .filter(|o| matches!(o, Outgoing::Publish { .. }));
+                        self.stats.dropped.inc_by(lost.count() as u64);
                         batch.clear();
                         tracing::warn!(error = %e, "Redis unreachable: cross-node events dropped");
                         std::thread::sleep(backoff(failures));
@@ -297,9 +289,11 @@ impl Publisher {
     /// have lost them).
     fn connect(&self) -> redis::RedisResult<redis::Connection> {
         let mut c = self.client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
-        presence::renew(&mut c, self.node, self.lease)?;
+        if !self.resigned.get() {
+            presence::renew(&mut c, self.node, self.lease)?;
+        }
         presence::restore(&mut c, &self.scripts, self.node, &self.counts)?;
-        self.stats.connects.fetch_add(1, Ordering::Relaxed);
+        self.stats.connects.inc_by(1);
         tracing::info!("Redis publisher connected");
         Ok(c)
     }
@@ -323,6 +317,12 @@ impl Publisher {
                         .arg(&self.control)
                         .arg("resync")
                         .ignore();
+                }
+                Outgoing::Resign => {
+                    self.flush(c, &mut pipe, &mut records)?;
+                    self.resigned.set(true);
+                    presence::resign(c, self.node)?;
+                    tracing::info!("Presence lease given up: the other nodes take over");
                 }
                 Outgoing::Presence(change) => {
                     // What was queued before it goes first: per-sender order.
@@ -358,11 +358,11 @@ impl Publisher {
         *pipe = redis::pipe();
         match result {
             Ok(()) => {
-                self.stats.published.fetch_add(sent, Ordering::Relaxed);
+                self.stats.published.inc_by(sent);
                 Ok(())
             }
             Err(e) => {
-                self.stats.dropped.fetch_add(sent, Ordering::Relaxed);
+                self.stats.dropped.inc_by(sent);
                 Err(e)
             }
         }
@@ -403,14 +403,16 @@ impl Publisher {
             .arg(PRESENCE_CHANNEL)
             .arg(&record[..])
             .query::<()>(c)?;
-        self.stats.published.fetch_add(1, Ordering::Relaxed);
+        self.stats.published.inc_by(1);
         Ok(())
     }
 
     /// Every third of the lease: renew this node's, and reap the nodes whose lapsed
     /// (announcing their users who have no connection left, exactly once cluster-wide).
     fn beat(&self, c: &mut redis::Connection) -> redis::RedisResult<()> {
-        presence::renew(c, self.node, self.lease)?;
+        if !self.resigned.get() {
+            presence::renew(c, self.node, self.lease)?;
+        }
         for (user, chats) in presence::reap(c, &self.scripts, self.node)? {
             tracing::info!(user_id = %user, "A dead node's user went offline");
             self.announce(c, &user, chats, false)?;
@@ -426,7 +428,7 @@ struct Subscriber {
     control: String,
     interest: Arc<Mutex<HashMap<Arc<str>, usize>>>,
     mailboxes: Vec<Arc<Mailbox>>,
-    stats: Arc<BrokerStats>,
+    stats: BrokerHooks,
 }
 
 impl Subscriber {
@@ -438,7 +440,8 @@ impl Subscriber {
             match self.session(std::mem::take(&mut lost)) {
                 Ok(()) => failures = 0,
                 Err(e) => {
-                    lost = lost || self.stats.subscribed.swap(false, Ordering::SeqCst);
+                    lost = lost || self.stats.connected.set(0) == 1;
+                    self.stats.subscriptions.set(0);
                     tracing::warn!(error = %e, "Redis subscriber lost its connection: resubscribing");
                     std::thread::sleep(backoff(failures));
                     failures += 1;
@@ -452,13 +455,14 @@ impl Subscriber {
     /// members of every subscribed chat are told that its events may have gaps.
     fn session(&self, recovering: bool) -> redis::RedisResult<()> {
         let mut con = self.client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
-        self.stats.connects.fetch_add(1, Ordering::Relaxed);
+        self.stats.connects.inc_by(1);
         let mut ps = con.as_pubsub();
         ps.subscribe(&self.control)?;
         ps.subscribe(PRESENCE_CHANNEL)?;
         let mut subscribed = HashSet::new();
         self.resync(&mut ps, &mut subscribed)?;
-        self.stats.subscribed.store(true, Ordering::SeqCst);
+        self.stats.connected.set(1);
+        self.stats.subscriptions.set(subscribed.len() as i64);
         tracing::info!(
             chats = subscribed.len(),
             recovering,
@@ -480,7 +484,7 @@ impl Subscriber {
             match wire::decode(record) {
                 Ok(event) if event.origin.node == self.node => {}
                 Ok(event) => {
-                    self.stats.received.fetch_add(1, Ordering::Relaxed);
+                    self.stats.received.inc();
                     let event = Arc::new(event);
                     for mb in &self.mailboxes {
                         mb.post(Envelope::Room(event.clone()));
@@ -521,6 +525,7 @@ impl Subscriber {
             ps.unsubscribe(&leave)?;
         }
         *subscribed = wanted;
+        self.stats.subscriptions.set(subscribed.len() as i64);
         Ok(())
     }
 }

@@ -184,6 +184,7 @@ impl Shared {
     pub fn shutdown(&self) {
         if !self.stopping.swap(true, Ordering::SeqCst) {
             crate::systemd::stopping();
+            self.bus.stop();
             for mb in &self.mailboxes {
                 mb.post(Envelope::Shutdown);
             }
