@@ -16,7 +16,8 @@ use crate::handshake::Target;
 /// Options every scenario takes.
 #[derive(Debug, Clone, Args)]
 pub struct Common {
-    /// Server URL (loopback only).
+    /// Server URL (loopback only). For the chat and latency scenarios, several
+    /// comma-separated URLs (the nodes of a cluster): client j connects to URL j mod n.
     #[arg(long, global = true, default_value = "ws://127.0.0.1:8080/")]
     pub url: String,
     /// Server process id: sample its CPU time and RSS from /proc during the run.
@@ -44,9 +45,15 @@ pub struct Common {
 }
 
 impl Common {
-    /// The parsed target.
+    /// The parsed target (the first, if several are given).
     pub fn target(&self) -> Result<Target> {
-        Target::parse(&self.url)
+        let first = self.url.split(',').next().unwrap_or_default();
+        Target::parse(first.trim())
+    }
+
+    /// Every target given (`--url a,b,...`), in order.
+    pub fn targets(&self) -> Result<Vec<Target>> {
+        self.url.split(',').map(|u| Target::parse(u.trim())).collect()
     }
 
     /// Worker threads to use.

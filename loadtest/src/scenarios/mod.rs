@@ -27,8 +27,8 @@ use crate::run::{wait_phase, wait_until, Phase, Shared, Window};
 /// What every chat client task needs.
 #[derive(Debug)]
 pub struct ChatCtx {
-    /// The server.
-    pub target: Target,
+    /// The servers (the nodes of a cluster): client j connects to `targets[j % len]`.
+    pub targets: Vec<Target>,
     /// Counters and phase.
     pub shared: Arc<Shared>,
     /// Clients in the chat.
@@ -47,7 +47,7 @@ impl ChatCtx {
     /// Context for `clients` clients from the common options.
     pub fn new(common: &Common, clients: u64, shared: Arc<Shared>) -> Result<Self> {
         Ok(Self {
-            target: common.target()?,
+            targets: common.targets()?,
             shared,
             clients,
             first_user: common.first_user,
@@ -65,7 +65,7 @@ pub async fn open_chat_client(
     recv_capacity: usize,
 ) -> Result<(Conn, String)> {
     let opts = ConnectOpts {
-        target: &ctx.target,
+        target: &ctx.targets[j as usize % ctx.targets.len()],
         token: token_for(j, ctx.first_user, ctx.rooms, ctx.clients),
         source: None,
         recv_capacity,
