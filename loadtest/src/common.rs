@@ -53,7 +53,10 @@ impl Common {
 
     /// Every target given (`--url a,b,...`), in order.
     pub fn targets(&self) -> Result<Vec<Target>> {
-        self.url.split(',').map(|u| Target::parse(u.trim())).collect()
+        self.url
+            .split(',')
+            .map(|u| Target::parse(u.trim()))
+            .collect()
     }
 
     /// Worker threads to use.
