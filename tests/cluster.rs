@@ -105,12 +105,21 @@ impl Drop for Redis {
 }
 
 fn node(store: &TestStore, redis: &Redis, name: &str) -> Server {
-    ServerBuilder::new(&store.path)
+    node_with_lease(store, redis, name, None)
+}
+
+/// A node with `PRESENCE_LEASE` set to `lease_ms` (the default 15 s when `None`).
+fn node_with_lease(store: &TestStore, redis: &Redis, name: &str, lease_ms: Option<&str>) -> Server {
+    let b = ServerBuilder::new(&store.path)
         .arg("--bench-fixture")
         .arg("10:1")
         .env("REDIS_URL", redis.url())
-        .env("NODE_ID", name)
-        .spawn()
+        .env("NODE_ID", name);
+    match lease_ms {
+        Some(ms) => b.env("PRESENCE_LEASE", ms),
+        None => b,
+    }
+    .spawn()
 }
 
 #[test]
@@ -296,15 +305,7 @@ fn a_user_on_two_nodes_is_announced_online_once_and_offline_once() {
 fn a_killed_node_s_last_connections_go_offline_once_within_the_lease() {
     let redis = Redis::start();
     let store = TestStore::new();
-    let lease = |name| {
-        ServerBuilder::new(&store.path)
-            .arg("--bench-fixture")
-            .arg("10:1")
-            .env("REDIS_URL", redis.url())
-            .env("NODE_ID", name)
-            .env("PRESENCE_LEASE", "900")
-            .spawn()
-    };
+    let lease = |name| node_with_lease(&store, &redis, name, Some("900"));
     let (mut a, b, c) = (lease("a"), lease("b"), lease("c"));
     let mut on_b = b.connect("t1");
     on_b.expect_type("connected");
@@ -330,15 +331,7 @@ fn a_killed_node_s_last_connections_go_offline_once_within_the_lease() {
 fn a_user_who_moves_to_another_node_before_the_lease_lapses_does_not_flap() {
     let redis = Redis::start();
     let store = TestStore::new();
-    let lease = |name| {
-        ServerBuilder::new(&store.path)
-            .arg("--bench-fixture")
-            .arg("10:1")
-            .env("REDIS_URL", redis.url())
-            .env("NODE_ID", name)
-            .env("PRESENCE_LEASE", "900")
-            .spawn()
-    };
+    let lease = |name| node_with_lease(&store, &redis, name, Some("900"));
     let (mut a, b) = (lease("a"), lease("b"));
     let mut watcher = b.connect("t1");
     watcher.expect_type("connected");
@@ -360,15 +353,7 @@ fn a_user_who_moves_to_another_node_before_the_lease_lapses_does_not_flap() {
 fn a_stopping_node_gives_up_its_lease_so_its_users_go_offline_before_it_lapses() {
     let redis = Redis::start();
     let store = TestStore::new();
-    let lease = |name| {
-        ServerBuilder::new(&store.path)
-            .arg("--bench-fixture")
-            .arg("10:1")
-            .env("REDIS_URL", redis.url())
-            .env("NODE_ID", name)
-            .env("PRESENCE_LEASE", "9000")
-            .spawn()
-    };
+    let lease = |name| node_with_lease(&store, &redis, name, Some("9000"));
     let (a, b) = (lease("a"), lease("b"));
     let mut watcher = b.connect("t1");
     watcher.expect_type("connected");
