@@ -264,8 +264,7 @@ fn serve(config: &Config, huge_pages_off: bool) -> anyhow::Result<()> {
         None => Shared::new(settings, backend.clone(), metrics),
         Some(url) => {
             let node = Shared::node_of(&settings);
-            let mailboxes: Vec<Arc<Mailbox>> =
-                (0..workers).map(|_| Arc::new(Mailbox::default())).collect();
+            let mailboxes = Mailbox::for_workers(workers);
             let hooks = metrics.broker_hooks();
             let bus = RedisBus::start(
                 &url,

@@ -98,6 +98,11 @@ impl Mailbox {
 }
 
 impl Mailbox {
+    /// One mailbox per worker, by worker id.
+    pub fn for_workers(workers: usize) -> Vec<Arc<Mailbox>> {
+        (0..workers).map(|_| Arc::default()).collect()
+    }
+
     /// Takes everything queued now, without waiting (the drain's last delivery pass).
     pub fn take_now(&self, out: &mut Vec<Envelope>) {
         while let Some(e) = self.queue.pop() {

@@ -60,13 +60,9 @@ impl NodeId {
 }
 
 impl NodeId {
-    /// The id of a node named `name` (`NODE_ID`): FNV-1a, stable across starts.
+    /// The id of a node named `name` (`NODE_ID`), stable across starts.
     pub fn named(name: &str) -> Self {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in name.bytes() {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-        Self(h)
+        Self(crate::core::presence::stable_hash(name))
     }
 }
 

@@ -49,15 +49,20 @@ impl Presence {
     }
 }
 
-/// The worker that owns `user`'s presence count, out of `workers`.
-pub fn owner_of(user: &str, workers: usize) -> usize {
-    // FNV-1a: stable across processes and cheap for short ids.
+/// A 64-bit hash of `s` that is the same in every process and build (FNV-1a: cheap for
+/// short ids). Used for presence owners and node ids.
+pub fn stable_hash(s: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in user.bytes() {
+    for b in s.bytes() {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    (h % workers.max(1) as u64) as usize
+    h
+}
+
+/// The worker that owns `user`'s presence count, out of `workers`.
+pub fn owner_of(user: &str, workers: usize) -> usize {
+    (stable_hash(user) % workers.max(1) as u64) as usize
 }
 
 #[cfg(test)]

@@ -101,9 +101,7 @@ impl Shared {
     /// The state for `config.listen.workers` workers over `backend`, joined by the
     /// in-process bus.
     pub fn new(config: Settings, backend: Arc<dyn Backend>, metrics: Metrics) -> Self {
-        let mailboxes: Vec<Arc<Mailbox>> = (0..config.listen.workers)
-            .map(|_| Arc::new(Mailbox::default()))
-            .collect();
+        let mailboxes = Mailbox::for_workers(config.listen.workers);
         let node = Self::node_of(&config);
         let bus = Box::new(Local::new(mailboxes.clone()));
         Self::with_bus(config, backend, metrics, node, mailboxes, bus)
@@ -212,6 +210,8 @@ pub struct Worker {
     pub read_scratch: RefCell<Vec<u8>>,
     /// Fired when the drain starts: stop accepting and reading.
     pub stop: Signal,
+    /// The heartbeat's ping frame, encoded once for every connection.
+    ping: Bytes,
     inflight: Cell<usize>,
     tasks: Cell<usize>,
     parked: Cell<usize>,
@@ -249,6 +249,7 @@ impl Worker {
             hub: RefCell::new(hub),
             read_scratch: RefCell::new(vec![0; READ_SCRATCH]),
             stop: Signal::default(),
+            ping: control_frame(fastwebsockets::OpCode::Ping, b""),
             inflight: Cell::new(0),
             tasks: Cell::new(0),
             parked: Cell::new(0),
@@ -424,8 +425,7 @@ impl Worker {
                 }
                 Effect::Ping { conn } => {
                     if let Some(m) = self.hub.borrow().get(conn) {
-                        let ping = control_frame(fastwebsockets::OpCode::Ping, b"");
-                        m.io.outbox.push_class(&ping, Class::Volatile);
+                        m.io.outbox.push_class(&self.ping, Class::Volatile);
                     }
                 }
                 Effect::Error {

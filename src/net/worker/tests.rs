@@ -22,7 +22,7 @@ fn worker() -> (Worker, Arc<Recording>) {
         .validate()
         .expect("valid");
     let recording = Arc::new(Recording::default());
-    let mailboxes = (0..2).map(|_| Arc::new(Mailbox::default())).collect();
+    let mailboxes = Mailbox::for_workers(2);
     let backend = Arc::new(Fixture::new(FixtureSize { users: 4, rooms: 1 }));
     let shared = Shared::with_bus(
         settings,
