@@ -108,13 +108,17 @@ fn node(store: &TestStore, redis: &Redis, name: &str) -> Server {
     node_with_lease(store, redis, name, None)
 }
 
+/// The server API key of every node here.
+const KEY: &str = "cluster-api-key-0123456789";
+
 /// A node with `PRESENCE_LEASE` set to `lease_ms` (the default 15 s when `None`).
 fn node_with_lease(store: &TestStore, redis: &Redis, name: &str, lease_ms: Option<&str>) -> Server {
     let b = ServerBuilder::new(&store.path)
         .arg("--bench-fixture")
         .arg("10:1")
         .env("REDIS_URL", redis.url())
-        .env("NODE_ID", name);
+        .env("NODE_ID", name)
+        .env("API_KEY", KEY);
     match lease_ms {
         Some(ms) => b.env("PRESENCE_LEASE", ms),
         None => b,
@@ -252,8 +256,18 @@ fn a_redis_outage_keeps_local_delivery_answers_not_ready_and_asks_clients_to_res
     wait_ready(&b, 200);
     redis.wait_subscribers("c0", 2);
     alice.send_message("c0", "after the outage");
-    let m = bob.expect_type("chat:message");
-    assert_eq!(m["message"]["content"], "after the outage");
+    // What node a queued while Redis was down is either dropped or (when Redis came back
+    // before the publisher gave up on it) delivered late: never twice, never after what
+    // was sent later.
+    let mut got = Vec::new();
+    while got.last().map(String::as_str) != Some("after the outage") {
+        let m = bob.expect_type("chat:message");
+        got.push(m["message"]["content"].as_str().unwrap_or_default().to_string());
+    }
+    assert!(
+        got == ["after the outage"] || got == ["during the outage", "after the outage"],
+        "{got:?}"
+    );
 }
 
 /// The `online` values of the `user:online` frames about `user` among `frames`.
@@ -379,4 +393,153 @@ fn a_stopping_node_gives_up_its_lease_so_its_users_go_offline_before_it_lapses()
         .unwrap_or(0.0);
     // Node a's announcement of u0 online; the offline one is node b's own (it reaped a).
     assert!(received >= 1.0, "node a's record: {received}");
+}
+
+/// A server API request to `server`.
+fn api(server: &Server, method: &str, path: &str, body: Option<serde_json::Value>) -> HttpAnswer {
+    let auth = format!("Authorization: Bearer {KEY}\r\n");
+    let bytes = body.map(|b| b.to_string().into_bytes());
+    http_request(server.port, method, path, &auth, bytes.as_deref())
+}
+
+#[test]
+fn the_server_api_on_any_node_acts_on_every_node_once() {
+    let redis = Redis::start();
+    let store = TestStore::new();
+    let (a, b, c) = (
+        node(&store, &redis, "a"),
+        node(&store, &redis, "b"),
+        node(&store, &redis, "c"),
+    );
+    let mut alice = a.connect("t0");
+    let mut bob = b.connect("t1");
+    let mut bob2 = c.connect("t1");
+    let mut carol = c.connect("t2");
+    for client in [&mut alice, &mut bob, &mut bob2, &mut carol] {
+        client.expect_type("connected");
+    }
+    redis.wait_subscribers("c0", 3);
+
+    // Asked of node a, presence counts every node's connections.
+    let p = api(&a, "GET", "/api/chats/c0/presence", None);
+    assert_eq!(
+        p.json(),
+        json!({ "chatId": "c0", "users": [
+            { "userId": "u0", "connections": 1 },
+            { "userId": "u1", "connections": 2 },
+            { "userId": "u2", "connections": 1 },
+        ]}),
+        "{p:?}"
+    );
+
+    // A message published through node b reaches every member on every node, once.
+    let message = json!({ "message": {
+        "id": 7, "chatId": "c0", "senderId": "bot", "senderName": "Bot",
+        "content": "from the backend", "createdAt": "2024-05-01T10:00:00.000Z"
+    }});
+    let m = api(&b, "POST", "/api/chats/c0/messages", Some(message));
+    assert_eq!(
+        m.json(),
+        json!({ "type": "message", "messageId": "7", "delivered": 4 }),
+        "{m:?}"
+    );
+    for client in [&mut alice, &mut bob, &mut bob2, &mut carol] {
+        let got = client.expect_type("chat:message");
+        assert_eq!(got["message"]["content"], "from the backend");
+    }
+    for client in [&mut alice, &mut bob, &mut bob2, &mut carol] {
+        client.expect_no_type("chat:message", Duration::from_millis(100));
+    }
+
+    // Joined through node a, both of bob's devices (nodes b and c) get the new chat, and
+    // their nodes now carry its events.
+    let j = api(
+        &a,
+        "POST",
+        "/api/chats/x1/members",
+        Some(json!({ "userId": "u1" })),
+    );
+    assert_eq!(
+        j.json(),
+        json!({ "type": "join", "connections": 2 }),
+        "{j:?}"
+    );
+    for client in [&mut bob, &mut bob2] {
+        assert_eq!(
+            client.expect_type("chat:new"),
+            json!({ "chat": { "id": "x1" } })
+        );
+    }
+    redis.wait_subscribers("x1", 2);
+    bob.send("chat:typing", json!({ "chatId": "x1", "isTyping": true }));
+    let typing = bob2.expect_type("chat:typing");
+    assert_eq!(
+        (&typing["chatId"], &typing["userId"]),
+        (&json!("x1"), &json!("u1"))
+    );
+    carol.expect_no_type("chat:typing", Duration::from_millis(200));
+
+    // Disconnected through node c, alice's connection on node a closes with the code given.
+    let d = api(
+        &c,
+        "POST",
+        "/api/users/u0/disconnect",
+        Some(json!({ "code": 4403, "reason": "banned" })),
+    );
+    assert_eq!(
+        d.json(),
+        json!({ "type": "disconnect", "connections": 1 }),
+        "{d:?}"
+    );
+    assert_eq!(alice.expect_close(), Some(4403));
+}
+
+#[test]
+fn the_server_api_refuses_to_act_on_one_node_alone_and_names_a_node_that_does_not_answer() {
+    let mut redis = Redis::start();
+    let store = TestStore::new();
+    let (a, b) = (node(&store, &redis, "a"), node(&store, &redis, "b"));
+    let mut bob = b.connect("t1");
+    bob.expect_type("connected");
+    redis.wait_subscribers("c0", 1);
+    let presence = "/api/chats/c0/presence";
+    assert_eq!(
+        api(&a, "GET", presence, None).json()["users"][0]["userId"],
+        "u1"
+    );
+
+    // A node that got the request but does not answer (stopped): the asker says so within
+    // its bound, and answers again once the node is back.
+    let signal = |sig: &str| {
+        let ok = Command::new("kill")
+            .args([sig, &b.pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+    };
+    signal("-STOP");
+    let started = Instant::now();
+    let late = api(&a, "GET", presence, None);
+    signal("-CONT");
+    assert_eq!(late.status, 504, "{late:?}");
+    assert_eq!(late.json()["error"]["code"], "NODE_TIMEOUT", "{late:?}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let again = api(&a, "GET", presence, None);
+    assert_eq!(again.json()["users"][0]["connections"], 1, "{again:?}");
+
+    // Redis down: refused (503), not applied to this node's connections only.
+    redis.kill();
+    wait_ready(&a, 503);
+    let refused = api(&a, "POST", "/api/users/u1/disconnect", None);
+    assert_eq!(refused.status, 503, "{refused:?}");
+    assert_eq!(refused.json()["error"]["code"], "BROKER_UNAVAILABLE");
+    bob.expect_no_type("chat:message", Duration::from_millis(200));
+    let port = redis.port;
+    drop(redis);
+    let _redis = Redis::on(port);
+    wait_ready(&a, 200);
+    wait_ready(&b, 200);
+    let d = api(&a, "POST", "/api/users/u1/disconnect", None);
+    assert_eq!(d.json()["connections"], 1, "{d:?}");
+    assert_eq!(bob.expect_close(), Some(4001));
 }

@@ -51,6 +51,13 @@ pub enum ApiError {
     /// A worker did not confirm in time; the action may have reached only some connections.
     #[error("not every worker confirmed within {0} ms; the action may be partly applied")]
     WorkerTimeout(u64),
+    /// Multi-node mode, and Redis cannot be reached: the request would reach only some
+    /// connections, so it is refused.
+    #[error("the broker cannot reach the other nodes (Redis unreachable); nothing was applied")]
+    BrokerUnavailable,
+    /// Multi-node mode, and a node that got the request did not confirm in time.
+    #[error("not every node confirmed within {0} ms; the action may be partly applied")]
+    NodeTimeout(u64),
     /// A bug in the gateway.
     #[error("internal error: {0}")]
     Internal(&'static str),
@@ -71,6 +78,8 @@ impl ApiError {
             ApiError::NotJson(_) | ApiError::Invalid { .. } => 400,
             ApiError::ShuttingDown => 503,
             ApiError::WorkerTimeout(_) => 504,
+            ApiError::BrokerUnavailable => 503,
+            ApiError::NodeTimeout(_) => 504,
             ApiError::Internal(_) => 500,
         }
     }
@@ -89,6 +98,8 @@ impl ApiError {
             ApiError::NotJson(_) | ApiError::Invalid { .. } => "VALIDATION_ERROR",
             ApiError::ShuttingDown => "SERVER_SHUTDOWN",
             ApiError::WorkerTimeout(_) => "WORKER_TIMEOUT",
+            ApiError::BrokerUnavailable => "BROKER_UNAVAILABLE",
+            ApiError::NodeTimeout(_) => "NODE_TIMEOUT",
             ApiError::Internal(_) => "INTERNAL_ERROR",
         }
     }

@@ -17,10 +17,12 @@
 //!
 //! - [`mailbox`]: a worker's lock-free inbox, one wake-up per batch.
 //! - [`local`]: the in-process bus over the workers' mailboxes.
+//! - [`fanout`]: the server API applied by every worker (and node), outcomes merged.
 //! - [`recording`]: a bus that records its calls, the test double for publishers.
 //! - [`redis`]: the multi-node bus over Redis PUB/SUB; [`wire`]: its record format;
 //!   [`presence`]: presence counted across nodes, with leases.
 
+pub mod fanout;
 pub mod local;
 pub mod mailbox;
 pub mod presence;
@@ -127,6 +129,12 @@ pub trait Bus: Send + Sync {
     /// the node's presence lease, so the others announce its users offline at their next
     /// look instead of after the lease).
     fn stop(&self) {}
+    /// Has every node (this one included) apply server API `actions` and answers with their
+    /// merged outcomes; `None` for a bus with no other nodes (the caller has its own workers
+    /// apply them, see [`fanout::post_all`]).
+    fn api(&self, _actions: &Arc<[crate::api::Action]>) -> Option<fanout::Answer> {
+        None
+    }
     /// Whether the bus reaches the other nodes; `None` for a bus with no other nodes.
     fn connected(&self) -> Option<bool> {
         None

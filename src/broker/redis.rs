@@ -19,6 +19,13 @@
 //! events may have been lost (`chat:resync`), once it is subscribed again; while it is not,
 //! [`Bus::connected`] says so (`/readyz` answers 503). Presence is counted in Redis across
 //! nodes, with leases (see [`presence`]); announcements go out on one channel all nodes hear.
+//!
+//! The server API works on any node: the node a request reaches publishes it once on a
+//! channel every node hears, each node's subscriber has that node's workers apply it (in the
+//! order Redis published requests, so every node applies concurrent requests in one order)
+//! and sends its outcomes back on the asker's own channel; the asker answers once every node
+//! that got the request (`PUBLISH` counts them) did (see [`fanout`]). While Redis is
+//! unreachable a request is refused, not applied to this node alone.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -29,7 +36,9 @@ use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 
 use crate::metrics::BrokerHooks;
 
+use super::fanout::{self, Answer, ClusterError, Requests};
 use super::{presence, wire, Bus, Envelope, Local, Mailbox, NodeId, PresenceChange, RoomEvent};
+use crate::api::Action;
 
 /// Events waiting for the publisher; more are dropped (and counted) rather than queued.
 const QUEUE: usize = 65_536;
@@ -46,22 +55,50 @@ const PREFIX: &str = "ss:";
 /// The channel of presence announcements: every node subscribes to it, so an announcement in
 /// several chats reaches each node once (a connection in two of them gets it once).
 const PRESENCE_CHANNEL: &str = "ss:presence";
+/// The channel of server API requests: every node subscribes to it.
+const API_CHANNEL: &str = "ss:api";
+/// What a node's own channel carries to wake its subscriber (anything else there is an
+/// answer to one of its server API requests).
+const RESYNC: &[u8] = b"resync";
 
 /// The Redis channel of a chat.
 pub fn chat_channel(room: &str) -> String {
-    format!("{PREFIX}chat:{room}")
+    let mut name = String::new();
+    write_chat_channel(&mut name, room);
+    name
+}
+
+/// Writes the Redis channel of chat `room` into `name` (cleared first).
+fn write_chat_channel(name: &mut String, room: &str) {
+    name.clear();
+    name.push_str(PREFIX);
+    name.push_str("chat:");
+    name.push_str(room);
+}
+
+/// The channel of node `node`: wake-ups of its subscriber and answers to its requests.
+fn node_channel(node: NodeId) -> String {
+    format!("{PREFIX}node:{node}")
 }
 
 /// What the publisher sends.
 enum Outgoing {
-    /// One record to one chat's channel.
-    Publish { channel: String, record: Bytes },
+    /// One record to one chat's channel (named on the publisher thread, not the worker's).
+    Publish { room: Arc<str>, record: Bytes },
+    /// A server API request of this node, to every node.
+    Request { id: u64, record: Bytes },
+    /// This node's answer to another node's request.
+    Reply { to: NodeId, record: Bytes },
     /// Wake the node's own subscriber: its interest changed.
     Resync,
     /// A user's connection opened or closed on this node.
     Presence(PresenceChange),
     /// The node is stopping: give up its lease.
     Resign,
+    /// The subscriber lost Redis: the publisher's connection to the same server is most
+    /// likely dead too, so it connects again before its next command instead of learning it
+    /// from a failed one (which would drop an event or refuse a server API request).
+    Reconnect,
 }
 
 /// The multi-node bus over Redis.
@@ -70,6 +107,7 @@ pub struct RedisBus {
     node: NodeId,
     out: Sender<Outgoing>,
     interest: Arc<Mutex<HashMap<Arc<str>, usize>>>,
+    requests: Arc<Requests>,
     stats: BrokerHooks,
 }
 
@@ -90,7 +128,8 @@ impl RedisBus {
         let (out, queue) = bounded(QUEUE);
         let interest: Arc<Mutex<HashMap<Arc<str>, usize>>> = Arc::default();
         let stats = hooks;
-        let control = format!("{PREFIX}node:{node}");
+        let control = node_channel(node);
+        let requests: Arc<Requests> = Arc::default();
         std::thread::Builder::new()
             .name("redis-pub".into())
             .spawn({
@@ -104,6 +143,7 @@ impl RedisBus {
                     scripts: presence::Scripts::default(),
                     counts: presence::Local::default(),
                     resigned: Default::default(),
+                    requests: requests.clone(),
                 };
                 move || publisher.run(queue)
             })?;
@@ -117,6 +157,8 @@ impl RedisBus {
                     interest: interest.clone(),
                     mailboxes: mailboxes.clone(),
                     stats: stats.clone(),
+                    requests: requests.clone(),
+                    out: out.clone(),
                 };
                 move || subscriber.run()
             })?;
@@ -125,16 +167,23 @@ impl RedisBus {
             node,
             out,
             interest,
+            requests,
             stats,
         })
     }
 
-    fn send(&self, o: Outgoing) {
-        match self.out.try_send(o) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.stats.dropped.inc_by(1);
-            }
+    fn send(&self, o: Outgoing) -> bool {
+        send(&self.out, &self.stats, o)
+    }
+}
+
+/// Queues `o` for the publisher; a full queue drops it (counted).
+fn send(out: &Sender<Outgoing>, stats: &BrokerHooks, o: Outgoing) -> bool {
+    match out.try_send(o) {
+        Ok(()) => true,
+        Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+            stats.dropped.inc_by(1);
+            false
         }
     }
 }
@@ -147,13 +196,42 @@ impl Bus for RedisBus {
             return;
         }
         self.local.publish(event.clone());
-        let record = wire::encode(&event);
+        let record = match wire::encode(&event) {
+            Ok(record) => record,
+            Err(e) => {
+                self.stats.dropped.inc_by(1);
+                tracing::warn!(error = %e, "Event not sent to the other nodes");
+                return;
+            }
+        };
         for room in &event.rooms {
             self.send(Outgoing::Publish {
-                channel: chat_channel(room),
+                room: room.clone(),
                 record: record.clone(),
             });
         }
+    }
+
+    fn api(&self, actions: &Arc<[Action]>) -> Option<Answer> {
+        if self.connected() != Some(true) {
+            return Some(Answer::failed(
+                &self.requests,
+                actions,
+                ClusterError::Unavailable,
+            ));
+        }
+        let (id, answer) = self.requests.open(actions);
+        let sent = match wire::encode_request(self.node, id, actions) {
+            Ok(record) => self.send(Outgoing::Request { id, record }),
+            Err(e) => {
+                tracing::warn!(error = %e, "Server API request not sent to the other nodes");
+                false
+            }
+        };
+        if !sent {
+            self.requests.fail(id, ClusterError::Unavailable);
+        }
+        Some(answer)
     }
 
     fn join(&self, _worker: usize, room: &Arc<str>) {
@@ -223,6 +301,8 @@ struct Publisher {
     counts: presence::Local,
     /// The node is stopping and gave up its lease: do not renew it.
     resigned: std::cell::Cell<bool>,
+    /// This node's server API requests, told how many nodes got them.
+    requests: Arc<Requests>,
 }
 
 impl Publisher {
@@ -249,10 +329,13 @@ impl Publisher {
             }
             // Counted locally whatever Redis does: registered again after a reconnect.
             for o in &batch {
-                if let Outgoing::Presence(c) = o {
-                    self.counts.count(&c.user, &c.chats, c.opened);
+                match o {
+                    Outgoing::Presence(c) => self.counts.count(&c.user, &c.chats, c.opened),
+                    Outgoing::Reconnect => con = None,
+                    _ => {}
                 }
             }
+            batch.retain(|o| !matches!(o, Outgoing::Reconnect));
             if con.is_none() {
                 match self.connect() {
                     Ok(c) => {
@@ -260,11 +343,7 @@ impl Publisher {
                         failures = 0;
                     }
                     Err(e) => {
-                        let lost = batch
-                            .iter()
-                            .filter(|o| matches!(o, Outgoing::Publish { .. }));
-                        self.stats.dropped.inc_by(lost.count() as u64);
-                        batch.clear();
+                        self.drop_all(&mut batch);
                         tracing::warn!(error = %e, "Redis unreachable: cross-node events dropped");
                         std::thread::sleep(backoff(failures));
                         failures += 1;
@@ -285,6 +364,23 @@ impl Publisher {
         }
     }
 
+    /// Drops what could not be sent: events counted, requests failed (their askers answer at
+    /// once instead of waiting out their timeout).
+    fn drop_all(&self, batch: &mut Vec<Outgoing>) {
+        for o in batch.drain(..) {
+            match o {
+                Outgoing::Publish { .. } | Outgoing::Reply { .. } => {
+                    self.stats.dropped.inc_by(1);
+                }
+                Outgoing::Request { id, .. } => self.requests.fail(id, ClusterError::Unavailable),
+                Outgoing::Resync
+                | Outgoing::Presence(_)
+                | Outgoing::Resign
+                | Outgoing::Reconnect => {}
+            }
+        }
+    }
+
     /// A new connection: the node's lease, then its presence counts as they are (Redis may
     /// have lost them).
     fn connect(&self) -> redis::RedisResult<redis::Connection> {
@@ -298,7 +394,8 @@ impl Publisher {
         Ok(c)
     }
 
-    /// Sends `batch` in order: publications pipelined, presence changes one script each.
+    /// Sends `batch` in order: publications pipelined, presence changes and requests one
+    /// command each. After a failure, the rest of the batch is dropped ([`Self::drop_all`]).
     fn send_batch(
         &self,
         c: &mut redis::Connection,
@@ -306,42 +403,86 @@ impl Publisher {
     ) -> redis::RedisResult<()> {
         let mut pipe = redis::pipe();
         let mut records = 0;
-        for o in batch.drain(..) {
-            match o {
-                Outgoing::Publish { channel, record } => {
-                    pipe.cmd("PUBLISH").arg(channel).arg(&record[..]).ignore();
-                    records += 1;
-                }
-                Outgoing::Resync => {
-                    pipe.cmd("PUBLISH")
-                        .arg(&self.control)
-                        .arg("resync")
-                        .ignore();
-                }
-                Outgoing::Resign => {
-                    self.flush(c, &mut pipe, &mut records)?;
-                    self.resigned.set(true);
-                    presence::resign(c, self.node)?;
-                    tracing::info!("Presence lease given up: the other nodes take over");
-                }
-                Outgoing::Presence(change) => {
-                    // What was queued before it goes first: per-sender order.
-                    self.flush(c, &mut pipe, &mut records)?;
-                    let first_or_last = presence::change(
-                        c,
-                        &self.scripts,
-                        self.node,
-                        &change.user,
-                        &change.chats,
-                        change.opened,
-                    )?;
-                    if first_or_last {
-                        self.announce(c, &change.user, change.chats, change.opened)?;
-                    }
-                }
+        let mut channel = String::new();
+        let mut queued = std::mem::take(batch).into_iter();
+        while let Some(o) = queued.next() {
+            let sent = self.send_one(c, &mut pipe, &mut records, &mut channel, o);
+            if let Err(e) = sent {
+                batch.extend(queued);
+                self.drop_all(batch);
+                return Err(e);
             }
         }
         self.flush(c, &mut pipe, &mut records)
+    }
+
+    /// Sends (or pipelines) one item of a batch.
+    fn send_one(
+        &self,
+        c: &mut redis::Connection,
+        pipe: &mut redis::Pipeline,
+        records: &mut u64,
+        channel: &mut String,
+        o: Outgoing,
+    ) -> redis::RedisResult<()> {
+        match o {
+            Outgoing::Publish { room, record } => {
+                write_chat_channel(channel, &room);
+                pipe.cmd("PUBLISH")
+                    .arg(channel.as_str())
+                    .arg(&record[..])
+                    .ignore();
+                *records += 1;
+            }
+            Outgoing::Reply { to, record } => {
+                pipe.cmd("PUBLISH")
+                    .arg(node_channel(to))
+                    .arg(&record[..])
+                    .ignore();
+            }
+            Outgoing::Request { id, record } => {
+                // What was queued before it goes first; then how many nodes heard it.
+                self.flush(c, pipe, records)?;
+                let heard = redis::cmd("PUBLISH")
+                    .arg(API_CHANNEL)
+                    .arg(&record[..])
+                    .query::<usize>(c);
+                match heard {
+                    Ok(n) => self.requests.expect(id, n),
+                    Err(e) => {
+                        self.requests.fail(id, ClusterError::Unavailable);
+                        return Err(e);
+                    }
+                }
+            }
+            Outgoing::Resync => {
+                pipe.cmd("PUBLISH").arg(&self.control).arg(RESYNC).ignore();
+            }
+            // Taken out of every batch before it is sent.
+            Outgoing::Reconnect => {}
+            Outgoing::Resign => {
+                self.flush(c, pipe, records)?;
+                self.resigned.set(true);
+                presence::resign(c, self.node)?;
+                tracing::info!("Presence lease given up: the other nodes take over");
+            }
+            Outgoing::Presence(change) => {
+                // What was queued before it goes first: per-sender order.
+                self.flush(c, pipe, records)?;
+                let first_or_last = presence::change(
+                    c,
+                    &self.scripts,
+                    self.node,
+                    &change.user,
+                    &change.chats,
+                    change.opened,
+                )?;
+                if first_or_last {
+                    self.announce(c, &change.user, change.chats, change.opened)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn flush(
@@ -398,7 +539,13 @@ impl Publisher {
         for mb in &self.mailboxes {
             mb.post(Envelope::Room(event.clone()));
         }
-        let record = wire::encode(&event);
+        let record = match wire::encode(&event) {
+            Ok(record) => record,
+            Err(e) => {
+                tracing::warn!(error = %e, "Presence change not sent to the other nodes");
+                return Ok(());
+            }
+        };
         redis::cmd("PUBLISH")
             .arg(PRESENCE_CHANNEL)
             .arg(&record[..])
@@ -429,6 +576,10 @@ struct Subscriber {
     interest: Arc<Mutex<HashMap<Arc<str>, usize>>>,
     mailboxes: Vec<Arc<Mailbox>>,
     stats: BrokerHooks,
+    /// This node's server API requests, told the other nodes' answers.
+    requests: Arc<Requests>,
+    /// The publisher's queue, for this node's answers to other nodes' requests.
+    out: Sender<Outgoing>,
 }
 
 impl Subscriber {
@@ -441,6 +592,7 @@ impl Subscriber {
                 Ok(()) => failures = 0,
                 Err(e) => {
                     lost = lost || self.stats.connected.set(0) == 1;
+                    send(&self.out, &self.stats, Outgoing::Reconnect);
                     self.stats.subscriptions.set(0);
                     tracing::warn!(error = %e, "Redis subscriber lost its connection: resubscribing");
                     std::thread::sleep(backoff(failures));
@@ -459,6 +611,7 @@ impl Subscriber {
         let mut ps = con.as_pubsub();
         ps.subscribe(&self.control)?;
         ps.subscribe(PRESENCE_CHANNEL)?;
+        ps.subscribe(API_CHANNEL)?;
         let mut subscribed = HashSet::new();
         self.resync(&mut ps, &mut subscribed)?;
         self.stats.connected.set(1);
@@ -476,11 +629,20 @@ impl Subscriber {
         }
         loop {
             let msg = ps.get_message()?;
-            if msg.get_channel_name() == self.control {
-                self.resync(&mut ps, &mut subscribed)?;
+            let channel = msg.get_channel_name();
+            let record = Bytes::copy_from_slice(msg.get_payload_bytes());
+            if channel == self.control {
+                if record == RESYNC {
+                    self.resync(&mut ps, &mut subscribed)?;
+                } else {
+                    self.answered(record);
+                }
                 continue;
             }
-            let record = Bytes::copy_from_slice(msg.get_payload_bytes());
+            if channel == API_CHANNEL {
+                self.apply(record);
+                continue;
+            }
             match wire::decode(record) {
                 Ok(event) if event.origin.node == self.node => {}
                 Ok(event) => {
@@ -494,6 +656,45 @@ impl Subscriber {
                     tracing::warn!(channel = msg.get_channel_name(), error = %e, "Unreadable record on a chat channel");
                 }
             }
+        }
+    }
+
+    /// A server API request (of any node, this one included): this node's workers apply it,
+    /// and the merged outcomes go back to the asker.
+    fn apply(&self, record: Bytes) {
+        let request = match wire::decode_request(record) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "Unreadable server API request");
+                return;
+            }
+        };
+        let (id, node) = (request.id, self.node);
+        if request.asker == node {
+            let requests = self.requests.clone();
+            fanout::post_all(&self.mailboxes, request.actions.into(), move |o| {
+                requests.answer(id, node, o);
+            });
+            return;
+        }
+        let (out, stats, to) = (self.out.clone(), self.stats.clone(), request.asker);
+        fanout::post_all(
+            &self.mailboxes,
+            request.actions.into(),
+            move |o| match wire::encode_reply(id, node, &o) {
+                Ok(record) => {
+                    send(&out, &stats, Outgoing::Reply { to, record });
+                }
+                Err(e) => tracing::warn!(error = %e, "Server API answer not sent"),
+            },
+        );
+    }
+
+    /// Another node's answer to one of this node's requests.
+    fn answered(&self, record: Bytes) {
+        match wire::decode_reply(record) {
+            Ok(r) => self.requests.answer(r.id, r.from, r.outcomes),
+            Err(e) => tracing::warn!(error = %e, "Unreadable server API answer"),
         }
     }
 

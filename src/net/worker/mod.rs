@@ -36,7 +36,9 @@ use super::connection;
 use super::outbox::{now_ms, Class, Outbox, Pushed};
 use crate::api::{Action, ApiError, Outcome};
 use crate::backend::{Backend, BackendError, NewMessage};
-use crate::broker::{Bus, ConnId, Envelope, EventKind, Local, Mailbox, NodeId, Origin, RoomEvent};
+use crate::broker::{
+    fanout, Bus, ConnId, Envelope, EventKind, Local, Mailbox, NodeId, Origin, RoomEvent,
+};
 use crate::config::Settings;
 use crate::config::CLOSE_GRACE;
 use crate::core::hub::{Answer, Call, Effect, Failure, Hub, HubConfig, Step};
@@ -580,9 +582,8 @@ impl Worker {
             Envelope::Room(ev) => {
                 self.deliver(&ev);
             }
-            Envelope::Api { actions, reply } => {
-                // The requester may have given up (timeout); nothing to tell it then.
-                let _ = reply.send(self.apply_api(&actions));
+            Envelope::Api { actions, share } => {
+                share.give(self.apply_api(&actions));
             }
             Envelope::Presence(change) => {
                 self.hub.borrow_mut().presence(change);

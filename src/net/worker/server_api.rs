@@ -1,5 +1,6 @@
-//! The server API on a worker: a request is posted to every worker's mailbox in one order,
-//! each applies it to its own connections, and the asking worker merges the outcomes.
+//! The server API on a worker: a request is posted to every worker's mailbox in one order
+//! (with a multi-node bus: to every node, which does the same), each applies it to its own
+//! connections, and the asking worker answers with the outcomes merged.
 
 use super::*;
 
@@ -20,47 +21,47 @@ impl Worker {
             return Err(ApiError::ShuttingDown);
         }
         let actions: Arc<[Action]> = actions.into();
-        let mut replies = Vec::with_capacity(self.shared.workers());
+        let outcomes = match self.shared.bus.api(&actions) {
+            Some(answer) => self.across_nodes(answer).await?,
+            None => self.on_this_node(&actions).await?,
+        };
+        for (chat, frame) in crate::api::announcements(&actions, &outcomes) {
+            self.publish(vec![chat], frame, None, EventKind::Presence);
+        }
+        Ok(outcomes)
+    }
+
+    /// Every worker of this node applies `actions`; their outcomes, merged.
+    async fn on_this_node(&self, actions: &Arc<[Action]>) -> Result<Vec<Outcome>, ApiError> {
+        let (reply, rx) = futures_channel::oneshot::channel();
         {
             let _order = self
                 .shared
                 .api_order
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            for mb in &self.shared.mailboxes {
-                let (reply, rx) = futures_channel::oneshot::channel();
-                mb.post(Envelope::Api {
-                    actions: actions.clone(),
-                    reply,
-                });
-                replies.push(rx);
-            }
+            fanout::post_all(&self.shared.mailboxes, actions.clone(), move |o| {
+                // The requester may have given up (timeout); nothing to tell it then.
+                let _ = reply.send(o);
+            });
         }
-        let mut outcomes: Vec<Outcome> = actions.iter().map(Action::nothing).collect();
-        // One deadline for all the workers' answers, not one per worker.
-        let deadline = Instant::now() + API_CONFIRM_TIMEOUT;
-        for rx in replies {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match monoio::time::timeout(left, rx).await {
-                Ok(Ok(theirs)) => {
-                    for (mine, other) in outcomes.iter_mut().zip(theirs) {
-                        mine.merge(other);
-                    }
-                }
-                // A worker that already ended (its mailbox closed and dropped the request)
-                // has no connections left to act on.
-                Ok(Err(_canceled)) => {}
-                Err(_) => {
-                    return Err(ApiError::WorkerTimeout(
-                        API_CONFIRM_TIMEOUT.as_millis() as u64
-                    ))
-                }
-            }
+        match monoio::time::timeout(API_CONFIRM_TIMEOUT, rx).await {
+            Ok(Ok(outcomes)) => Ok(outcomes),
+            // Every share answers, even when dropped: a lost sender is a bug here.
+            Ok(Err(_canceled)) => Err(ApiError::Internal("a worker's answer was lost")),
+            Err(_) => Err(ApiError::WorkerTimeout(
+                API_CONFIRM_TIMEOUT.as_millis() as u64
+            )),
         }
-        for (chat, frame) in crate::api::announcements(&actions, &outcomes) {
-            self.publish(vec![chat], frame, None, EventKind::Presence);
+    }
+
+    /// Every node that got the request applied it; their outcomes, merged.
+    async fn across_nodes(&self, answer: fanout::Answer) -> Result<Vec<Outcome>, ApiError> {
+        match monoio::time::timeout(API_CONFIRM_TIMEOUT, answer).await {
+            Ok(Ok(outcomes)) => Ok(outcomes),
+            Ok(Err(fanout::ClusterError::Unavailable)) => Err(ApiError::BrokerUnavailable),
+            Err(_) => Err(ApiError::NodeTimeout(API_CONFIRM_TIMEOUT.as_millis() as u64)),
         }
-        Ok(outcomes)
     }
 
     /// Applies server API actions to this worker's connections.
