@@ -262,7 +262,12 @@ fn a_redis_outage_keeps_local_delivery_answers_not_ready_and_asks_clients_to_res
     let mut got = Vec::new();
     while got.last().map(String::as_str) != Some("after the outage") {
         let m = bob.expect_type("chat:message");
-        got.push(m["message"]["content"].as_str().unwrap_or_default().to_string());
+        got.push(
+            m["message"]["content"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
     }
     assert!(
         got == ["after the outage"] || got == ["during the outage", "after the outage"],
