@@ -6,7 +6,10 @@
 
 mod support;
 
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -104,19 +107,91 @@ impl Drop for Redis {
     }
 }
 
+/// A TCP relay between one node and Redis that can cut that node off (its connections
+/// closed, new ones refused) while Redis and the other nodes stay up, and let it back.
+struct Relay {
+    port: u16,
+    open: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Relay {
+    fn to(redis: &Redis) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a relay");
+        let port = listener.local_addr().expect("relay address").port();
+        let relay = Relay {
+            port,
+            open: Arc::new(AtomicBool::new(true)),
+            conns: Arc::default(),
+        };
+        let (open, conns, target) = (relay.open.clone(), relay.conns.clone(), redis.port);
+        // Lives as long as the test binary: it only ever waits in accept.
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if !open.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else {
+                    continue;
+                };
+                if let (Ok(c3), Ok(s3)) = (client.try_clone(), server.try_clone()) {
+                    conns.lock().expect("relay list").extend([c3, s3]);
+                }
+                forward(client, s2);
+                forward(server, c2);
+            }
+        });
+        relay
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Cuts the node off: its connections close, new ones are refused.
+    fn cut(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        for s in self.conns.lock().expect("relay list").drain(..) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Lets the node connect again.
+    fn mend(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` into `to` on a thread of its own until either side ends.
+fn forward(mut from: TcpStream, mut to: TcpStream) {
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut from, &mut to);
+        let _ = to.shutdown(Shutdown::Both);
+    });
+}
+
 fn node(store: &TestStore, redis: &Redis, name: &str) -> Server {
     node_with_lease(store, redis, name, None)
+}
+
+/// A node with `PRESENCE_LEASE` set to `lease_ms` (the default 15 s when `None`).
+fn node_with_lease(store: &TestStore, redis: &Redis, name: &str, lease_ms: Option<&str>) -> Server {
+    node_at(store, &redis.url(), name, lease_ms)
 }
 
 /// The server API key of every node here.
 const KEY: &str = "cluster-api-key-0123456789";
 
-/// A node with `PRESENCE_LEASE` set to `lease_ms` (the default 15 s when `None`).
-fn node_with_lease(store: &TestStore, redis: &Redis, name: &str, lease_ms: Option<&str>) -> Server {
+/// A node on the Redis at `url`, with `PRESENCE_LEASE` set to `lease_ms` (the default 15 s
+/// when `None`).
+fn node_at(store: &TestStore, url: &str, name: &str, lease_ms: Option<&str>) -> Server {
     let b = ServerBuilder::new(&store.path)
         .arg("--bench-fixture")
         .arg("10:1")
-        .env("REDIS_URL", redis.url())
+        .env("REDIS_URL", url)
         .env("NODE_ID", name)
         .env("API_KEY", KEY);
     match lease_ms {
@@ -244,6 +319,8 @@ fn a_redis_outage_keeps_local_delivery_answers_not_ready_and_asks_clients_to_res
     assert_eq!(m["message"]["content"], "during the outage");
     alice.expect_type("chat:message");
 
+    // Long enough for reconnect attempts to fail first: they must not forget the loss.
+    std::thread::sleep(Duration::from_millis(600));
     let port = redis.port;
     drop(redis);
     let redis = Redis::on(port);
@@ -547,4 +624,75 @@ fn the_server_api_refuses_to_act_on_one_node_alone_and_names_a_node_that_does_no
     let d = api(&a, "POST", "/api/users/u1/disconnect", None);
     assert_eq!(d.json()["connections"], 1, "{d:?}");
     assert_eq!(bob.expect_close(), Some(4001));
+}
+
+#[test]
+fn presence_changes_made_while_a_node_was_cut_off_are_announced_once_it_is_back() {
+    let redis = Redis::start();
+    let relay = Relay::to(&redis);
+    let store = TestStore::new();
+    let a = node_at(&store, &relay.url(), "a", None);
+    let b = node(&store, &redis, "b");
+    let mut watcher = b.connect("t1");
+    watcher.expect_type("connected");
+    let mut leaving = a.connect("t0");
+    leaving.expect_type("connected");
+    let timeout = Duration::from_secs(10);
+    assert_eq!(presence_seen(&mut watcher, "u0", 1, timeout), vec![true]);
+    wait_ready(&a, 200);
+
+    relay.cut();
+    wait_ready(&a, 503);
+    // While node a cannot tell Redis: one user leaves, another comes.
+    leaving.close();
+    let mut coming = a.connect("t2");
+    coming.expect_type("connected");
+    std::thread::sleep(Duration::from_millis(300));
+
+    relay.mend();
+    wait_ready(&a, 200);
+    // Once node a is back, each change is announced once: no ghost, no missed arrival.
+    let deadline = Instant::now() + timeout;
+    let mut frames = Vec::new();
+    while (online(&frames, "u0").is_empty() || online(&frames, "u2").is_empty())
+        && Instant::now() < deadline
+    {
+        frames.extend(watcher.collect(Duration::from_millis(100)));
+    }
+    frames.extend(watcher.collect(Duration::from_millis(400)));
+    assert_eq!(online(&frames, "u0"), vec![false], "{frames:?}");
+    assert_eq!(online(&frames, "u2"), vec![true], "{frames:?}");
+    let p = api(&b, "GET", "/api/chats/c0/presence", None);
+    assert_eq!(
+        p.json()["users"],
+        json!([
+            { "userId": "u1", "connections": 1 },
+            { "userId": "u2", "connections": 1 },
+        ]),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn a_node_taken_for_dead_while_cut_off_announces_its_users_again_when_back() {
+    let redis = Redis::start();
+    let relay = Relay::to(&redis);
+    let store = TestStore::new();
+    let a = node_at(&store, &relay.url(), "a", Some("600"));
+    let b = node_with_lease(&store, &redis, "b", Some("600"));
+    let mut watcher = b.connect("t1");
+    watcher.expect_type("connected");
+    let mut stays = a.connect("t0");
+    stays.expect_type("connected");
+    let timeout = Duration::from_secs(10);
+    assert_eq!(presence_seen(&mut watcher, "u0", 1, timeout), vec![true]);
+
+    relay.cut();
+    // Node b cannot tell a cut-off node from a dead one: after the lease, u0 goes offline.
+    assert_eq!(presence_seen(&mut watcher, "u0", 1, timeout), vec![false]);
+    relay.mend();
+    // Back, node a still holds u0's connection: u0 is online again, once.
+    assert_eq!(presence_seen(&mut watcher, "u0", 1, timeout), vec![true]);
+    stays.close();
+    assert_eq!(presence_seen(&mut watcher, "u0", 1, timeout), vec![false]);
 }

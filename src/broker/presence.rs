@@ -14,13 +14,22 @@
 //!
 //! A user counts as online while any registered node counts a connection, whether its lease
 //! is fresh or not: a user who reconnects elsewhere before the dead node is reaped is never
-//! announced offline and online again (no flapping). After Redis lost its data (a restart),
-//! each node registers its counts again, announcing nothing.
+//! announced offline and online again (no flapping).
 //!
-//! Guarantees: transitions are decided in Redis, one script at a time. Not guaranteed: a node
-//! cut off from Redis longer than the lease is reaped by the others (its users announced
-//! offline) although it still holds them; when it reconnects it registers them again, and
-//! they are announced online again only by their next first connection.
+//! After every reconnect a node sets its counts in Redis to what it holds ([`restore`]):
+//! - users whose connections opened or closed while Redis could not be told ([`Local`] keeps
+//!   them) are announced where that made a transition: a user whose last connection closed
+//!   during an outage goes offline once, one who came during it goes online once, and no
+//!   count of a gone connection stays behind (no ghost users);
+//! - a node the others reaped while it was cut off (same Redis data, `ss:epoch` unchanged,
+//!   but the node no longer registered) announces its users online again, once, since the
+//!   reaper announced them offline;
+//! - after Redis lost its data (a new `ss:epoch`), counts are registered again silently: the
+//!   clients' presence was right, only Redis forgot it.
+//!
+//! Guarantees: transitions are decided in Redis, one script at a time. Not guaranteed: while
+//! a node is cut off, its users' transitions reach the other nodes only once it is back; a
+//! user who is online on a reaped node is seen offline by the others until then.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -88,12 +97,23 @@ redis.call('SREM', 'ss:nodes', ARGV[1])
 return gone
 ";
 
-/// KEYS[1] = `ss:pres:{user}`; ARGV = node, user, count, chats. Sets this node's count as it
-/// is (after Redis lost its data), announcing nothing.
+/// KEYS[1] = `ss:pres:{user}`; ARGV = node, user, count, chats. Sets this node's count to
+/// what it holds (0 removes it). Returns 1 when that made the user online anywhere, -1 when
+/// offline everywhere, 0 otherwise.
 const RESTORE: &str = r"
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-redis.call('HSETNX', KEYS[1], '_chats', ARGV[4])
-redis.call('SADD', 'ss:nodeusers:' .. ARGV[1], ARGV[2])
+local before = live_total(KEYS[1])
+if tonumber(ARGV[3]) > 0 then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+  redis.call('HSETNX', KEYS[1], '_chats', ARGV[4])
+  redis.call('SADD', 'ss:nodeusers:' .. ARGV[1], ARGV[2])
+else
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('SREM', 'ss:nodeusers:' .. ARGV[1], ARGV[2])
+end
+local after = live_total(KEYS[1])
+if after == 0 then redis.call('DEL', KEYS[1]) end
+if before == 0 and after > 0 then return 1 end
+if before > 0 and after == 0 then return -1 end
 return 0
 ";
 
@@ -121,13 +141,22 @@ fn user_key(user: &str) -> String {
     format!("ss:pres:{user}")
 }
 
-/// What this node counts per user (to register again after Redis lost its data).
+/// What this node counts per user (to register again after a reconnect), and whose changes
+/// Redis has not been told.
 #[derive(Debug, Default)]
 pub struct Local {
     users: HashMap<Arc<str>, (u32, Vec<Arc<str>>)>,
+    /// Users whose open or close could not be sent, with the chats to announce in.
+    unsent: HashMap<Arc<str>, Vec<Arc<str>>>,
 }
 
 impl Local {
+    /// A change of `user`'s (in `chats`) could not be sent: [`restore`] announces what it
+    /// changed.
+    pub fn unsent(&mut self, user: &Arc<str>, chats: &[Arc<str>]) {
+        self.unsent.insert(user.clone(), chats.to_vec());
+    }
+
     /// Counts an open (`true`) or close.
     pub fn count(&mut self, user: &Arc<str>, chats: &[Arc<str>], opened: bool) {
         if opened {
@@ -231,23 +260,69 @@ pub fn reap(
     Ok(gone)
 }
 
-/// Registers this node's counts again (after Redis lost them), announcing nothing.
+/// A presence transition to announce: user, chats, online.
+pub type Transition = (Arc<str>, Vec<Arc<str>>, bool);
+
+/// The id of the data Redis holds: set once by the first node to look, new after Redis lost
+/// its data.
+pub fn epoch(con: &mut redis::Connection) -> redis::RedisResult<String> {
+    let fresh = format!("{:016x}", NodeId::random().0);
+    let (epoch,): (String,) = redis::pipe()
+        .cmd("SET")
+        .arg("ss:epoch")
+        .arg(fresh)
+        .arg("NX")
+        .ignore()
+        .cmd("GET")
+        .arg("ss:epoch")
+        .query(con)?;
+    Ok(epoch)
+}
+
+/// Whether `node` is registered (not reaped, not resigned).
+pub fn registered(con: &mut redis::Connection, node: NodeId) -> redis::RedisResult<bool> {
+    redis::cmd("SISMEMBER")
+        .arg("ss:nodes")
+        .arg(node.to_string())
+        .query(con)
+}
+
+/// Sets this node's counts in Redis to what it holds, and returns the transitions to
+/// announce: those of users whose changes were not sent, or, when `reaped` (the others
+/// announced this node's users offline), of every user. Forgets the unsent changes once done.
 pub fn restore(
     con: &mut redis::Connection,
     scripts: &Scripts,
     node: NodeId,
-    local: &Local,
-) -> redis::RedisResult<()> {
+    local: &mut Local,
+    reaped: bool,
+) -> redis::RedisResult<Vec<Transition>> {
     let node = node.to_string();
-    for (user, (count, chats)) in &local.users {
-        let _: i64 = scripts
+    let mut users: Vec<&Arc<str>> = local.users.keys().collect();
+    users.extend(
+        local
+            .unsent
+            .keys()
+            .filter(|u| !local.users.contains_key(*u)),
+    );
+    let mut announce = Vec::new();
+    for user in users {
+        let (count, chats) = match local.users.get(user) {
+            Some((n, chats)) => (*n, chats),
+            None => (0, &local.unsent[user]),
+        };
+        let moved: i64 = scripts
             .restore
             .key(user_key(user))
             .arg(&node)
             .arg(&**user)
-            .arg(*count)
+            .arg(count)
             .arg(chats_json(chats))
             .invoke(con)?;
+        if moved != 0 && (reaped || local.unsent.contains_key(user)) {
+            announce.push((user.clone(), chats.clone(), moved == 1));
+        }
     }
-    Ok(())
+    local.unsent.clear();
+    Ok(announce)
 }

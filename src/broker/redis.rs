@@ -141,7 +141,8 @@ impl RedisBus {
                     mailboxes: mailboxes.clone(),
                     stats: stats.clone(),
                     scripts: presence::Scripts::default(),
-                    counts: presence::Local::default(),
+                    counts: Default::default(),
+                    epoch: Default::default(),
                     resigned: Default::default(),
                     requests: requests.clone(),
                 };
@@ -298,7 +299,9 @@ struct Publisher {
     mailboxes: Vec<Arc<Mailbox>>,
     stats: BrokerHooks,
     scripts: presence::Scripts,
-    counts: presence::Local,
+    counts: std::cell::RefCell<presence::Local>,
+    /// The epoch of the Redis data last seen (see [`presence::epoch`]).
+    epoch: std::cell::RefCell<Option<String>>,
     /// The node is stopping and gave up its lease: do not renew it.
     resigned: std::cell::Cell<bool>,
     /// This node's server API requests, told how many nodes got them.
@@ -308,7 +311,7 @@ struct Publisher {
 impl Publisher {
     /// Publishes what the workers queue, keeps the node's lease and reaps dead nodes, until
     /// the queue is gone.
-    fn run(mut self, queue: Receiver<Outgoing>) {
+    fn run(self, queue: Receiver<Outgoing>) {
         let mut con: Option<redis::Connection> = None;
         let mut failures = 0;
         let mut batch = Vec::with_capacity(BATCH);
@@ -330,7 +333,9 @@ impl Publisher {
             // Counted locally whatever Redis does: registered again after a reconnect.
             for o in &batch {
                 match o {
-                    Outgoing::Presence(c) => self.counts.count(&c.user, &c.chats, c.opened),
+                    Outgoing::Presence(c) => {
+                        self.counts.borrow_mut().count(&c.user, &c.chats, c.opened);
+                    }
                     Outgoing::Reconnect => con = None,
                     _ => {}
                 }
@@ -373,22 +378,42 @@ impl Publisher {
                     self.stats.dropped.inc_by(1);
                 }
                 Outgoing::Request { id, .. } => self.requests.fail(id, ClusterError::Unavailable),
-                Outgoing::Resync
-                | Outgoing::Presence(_)
-                | Outgoing::Resign
-                | Outgoing::Reconnect => {}
+                Outgoing::Presence(c) => self.counts.borrow_mut().unsent(&c.user, &c.chats),
+                Outgoing::Resync | Outgoing::Resign | Outgoing::Reconnect => {}
             }
         }
     }
 
     /// A new connection: the node's lease, then its presence counts as they are (Redis may
-    /// have lost them).
+    /// have lost them, or missed changes), announcing what the node's users did meanwhile.
     fn connect(&self) -> redis::RedisResult<redis::Connection> {
         let mut c = self.client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
+        let epoch = presence::epoch(&mut c)?;
+        // Same data as before, yet no longer registered: the others reaped this node while it
+        // was cut off, and announced its users offline.
+        let reaped = self.epoch.borrow().as_deref() == Some(epoch.as_str())
+            && !self.resigned.get()
+            && !presence::registered(&mut c, self.node)?;
         if !self.resigned.get() {
             presence::renew(&mut c, self.node, self.lease)?;
         }
-        presence::restore(&mut c, &self.scripts, self.node, &self.counts)?;
+        let moved = presence::restore(
+            &mut c,
+            &self.scripts,
+            self.node,
+            &mut self.counts.borrow_mut(),
+            reaped,
+        )?;
+        if reaped {
+            tracing::warn!(
+                users = moved.len(),
+                "This node was taken for dead while cut off from Redis: its users are announced again"
+            );
+        }
+        for (user, chats, online) in moved {
+            self.announce(&mut c, &user, chats, online)?;
+        }
+        *self.epoch.borrow_mut() = Some(epoch);
         self.stats.connects.inc_by(1);
         tracing::info!("Redis publisher connected");
         Ok(c)
@@ -476,7 +501,8 @@ impl Publisher {
                     &change.user,
                     &change.chats,
                     change.opened,
-                )?;
+                )
+                .inspect_err(|_| self.counts.borrow_mut().unsent(&change.user, &change.chats))?;
                 if first_or_last {
                     self.announce(c, &change.user, change.chats, change.opened)?;
                 }
@@ -586,12 +612,16 @@ impl Subscriber {
     /// Connects, subscribes, relays; after any failure, again (with backoff).
     fn run(self) {
         let mut failures = 0;
+        // Set when a subscribed connection is lost; cleared only once a new one subscribed
+        // and told the clients (attempts that fail while Redis is still down keep it).
         let mut lost = false;
         loop {
-            match self.session(std::mem::take(&mut lost)) {
+            match self.session(&mut lost) {
                 Ok(()) => failures = 0,
                 Err(e) => {
-                    lost = lost || self.stats.connected.set(0) == 1;
+                    if self.stats.connected.set(0) == 1 {
+                        lost = true;
+                    }
                     send(&self.out, &self.stats, Outgoing::Reconnect);
                     self.stats.subscriptions.set(0);
                     tracing::warn!(error = %e, "Redis subscriber lost its connection: resubscribing");
@@ -605,7 +635,7 @@ impl Subscriber {
     /// One connection's life: subscribe the node's channel and every chat of interest, then
     /// relay until the connection fails. After a lost connection (`recovering`), the local
     /// members of every subscribed chat are told that its events may have gaps.
-    fn session(&self, recovering: bool) -> redis::RedisResult<()> {
+    fn session(&self, recovering: &mut bool) -> redis::RedisResult<()> {
         let mut con = self.client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
         self.stats.connects.inc_by(1);
         let mut ps = con.as_pubsub();
@@ -618,10 +648,10 @@ impl Subscriber {
         self.stats.subscriptions.set(subscribed.len() as i64);
         tracing::info!(
             chats = subscribed.len(),
-            recovering,
+            recovering = *recovering,
             "Redis subscriber connected"
         );
-        if recovering && !subscribed.is_empty() {
+        if std::mem::take(recovering) && !subscribed.is_empty() {
             let gaps: Arc<[Arc<str>]> = subscribed.iter().cloned().collect();
             for mb in &self.mailboxes {
                 mb.post(Envelope::Resync(gaps.clone()));
