@@ -32,6 +32,8 @@
 //! | `socket_server_broker_received_total` | | multi-node: records received from other nodes |
 //! | `socket_server_broker_dropped_total` | | multi-node: events not published (queue full, Redis down) |
 //! | `socket_server_broker_connects_total` | | multi-node: Redis connections (re)established |
+//! | `socket_server_broker_queued` | | multi-node: events waiting for the publisher thread |
+//! | `socket_server_broker_lag_seconds` | | multi-node: histogram, publication on another node to arrival here |
 //! | `socket_server_server_closes_total` | code | connections the server closed, by close code |
 //! | `socket_server_api_requests_total` | route, status | server API requests by route and answer |
 //! | `socket_server_api_request_seconds` | route | server API handling time histogram |
@@ -149,7 +151,7 @@ pub struct Metrics {
 }
 
 /// Handles the multi-node broker updates (all zero on a single node).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct BrokerHooks {
     /// 1 while the subscriber is subscribed.
     pub connected: Gauge,
@@ -163,6 +165,25 @@ pub struct BrokerHooks {
     pub dropped: Counter,
     /// Connections (re)established by either broker thread.
     pub connects: Counter,
+    /// Events waiting for the publisher thread (its queue holds at most 65,536).
+    pub queued: Gauge,
+    /// Seconds from an event's publication on its node to its arrival here.
+    pub lag: Histogram,
+}
+
+impl Default for BrokerHooks {
+    fn default() -> Self {
+        Self {
+            connected: Gauge::default(),
+            subscriptions: Gauge::default(),
+            published: Counter::default(),
+            received: Counter::default(),
+            dropped: Counter::default(),
+            connects: Counter::default(),
+            queued: Gauge::default(),
+            lag: latency_histogram(),
+        }
+    }
 }
 
 /// Handles the REST backend updates.
@@ -289,6 +310,11 @@ impl Metrics {
                 "Multi-node: chat channels the node is subscribed to",
                 &b.subscriptions,
             ),
+            (
+                "broker_queued",
+                "Multi-node: events waiting for the publisher thread",
+                &b.queued,
+            ),
         ] {
             registry.register(name, help, gauge.clone());
         }
@@ -316,6 +342,12 @@ impl Metrics {
         ] {
             registry.register(name, help, counter.clone());
         }
+        registry.register(
+            "broker_lag_seconds",
+            "Multi-node: from an event's publication on another node to its arrival here \
+             (across hosts this includes their clock difference)",
+            b.lag.clone(),
+        );
         registry.register(
             "api_requests",
             "Server API requests, by route and answer status",

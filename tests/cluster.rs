@@ -475,6 +475,13 @@ fn a_stopping_node_gives_up_its_lease_so_its_users_go_offline_before_it_lapses()
         .unwrap_or(0.0);
     // Node a's announcement of u0 online; the offline one is node b's own (it reaped a).
     assert!(received >= 1.0, "node a's record: {received}");
+    let lagged = text
+        .lines()
+        .find_map(|l| l.strip_prefix("socket_server_broker_lag_seconds_count "))
+        .and_then(|n| n.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert_eq!(lagged, received, "every received record's lag is measured");
+    assert!(text.contains("socket_server_broker_queued 0"), "{text}");
 }
 
 /// A server API request to `server`.

@@ -197,7 +197,7 @@ impl Bus for RedisBus {
             return;
         }
         self.local.publish(event.clone());
-        let record = match wire::encode(&event) {
+        let record = match wire::encode(&event, wire::now_us()) {
             Ok(record) => record,
             Err(e) => {
                 self.stats.dropped.inc_by(1);
@@ -330,6 +330,7 @@ impl Publisher {
                     Err(_) => break,
                 }
             }
+            self.stats.queued.set(queue.len() as i64);
             // Counted locally whatever Redis does: registered again after a reconnect.
             for o in &batch {
                 match o {
@@ -565,7 +566,7 @@ impl Publisher {
         for mb in &self.mailboxes {
             mb.post(Envelope::Room(event.clone()));
         }
-        let record = match wire::encode(&event) {
+        let record = match wire::encode(&event, wire::now_us()) {
             Ok(record) => record,
             Err(e) => {
                 tracing::warn!(error = %e, "Presence change not sent to the other nodes");
@@ -674,10 +675,12 @@ impl Subscriber {
                 continue;
             }
             match wire::decode(record) {
-                Ok(event) if event.origin.node == self.node => {}
-                Ok(event) => {
+                Ok(r) if r.event.origin.node == self.node => {}
+                Ok(r) => {
                     self.stats.received.inc();
-                    let event = Arc::new(event);
+                    let lag_us = wire::now_us().saturating_sub(r.sent_us);
+                    self.stats.lag.observe(lag_us as f64 / 1e6);
+                    let event = Arc::new(r.event);
                     for mb in &self.mailboxes {
                         mb.post(Envelope::Room(event.clone()));
                     }

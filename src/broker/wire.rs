@@ -2,7 +2,8 @@
 //! encoded once.
 //!
 //! Layouts (integers big-endian):
-//! - a room event: `b"ss1"`, origin node `u64`, origin worker `u16`, kind `u8`, exclusion
+//! - a room event: `b"ss2"`, origin node `u64`, origin worker `u16`, publication time `u64`
+//!   (microseconds since the Unix epoch, for the lag metric), kind `u8`, exclusion
 //!   flag `u8` (1: then node `u64`, worker `u16`, slot `u32`), room count `u16`, each room as
 //!   length `u16` and UTF-8 bytes, then the encoded WebSocket frame (the rest);
 //! - a server API request: `b"sq1"`, asking node `u64`, request id `u64`, action count `u32`,
@@ -27,8 +28,8 @@ use std::collections::HashMap;
 use super::{ConnId, EventKind, NodeId, Origin, RoomEvent};
 use crate::api::{Action, Outcome};
 
-/// Leading bytes of a room event record (format version 1).
-const MAGIC: &[u8; 3] = b"ss1";
+/// Leading bytes of a room event record (format version 2: with its publication time).
+const MAGIC: &[u8; 3] = b"ss2";
 /// Leading bytes of a server API request record.
 const REQUEST: &[u8; 3] = b"sq1";
 /// Leading bytes of a node's answer to a request.
@@ -57,9 +58,17 @@ pub enum WireError {
     TooLong(&'static str),
 }
 
-/// Encodes `event` as one record; an event with a room id over 65,535 bytes, or more than
-/// 65,535 rooms, is refused.
-pub fn encode(event: &RoomEvent) -> Result<Bytes, WireError> {
+/// Now, in microseconds since the Unix epoch (0 for a clock before it).
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Encodes `event`, published at `sent_us` ([`now_us`]), as one record; an event with a room
+/// id over 65,535 bytes, or more than 65,535 rooms, is refused.
+pub fn encode(event: &RoomEvent, sent_us: u64) -> Result<Bytes, WireError> {
     let count = u16::try_from(event.rooms.len()).map_err(|_| WireError::TooLong("room list"))?;
     if event.rooms.iter().any(|r| r.len() > usize::from(u16::MAX)) {
         return Err(WireError::TooLong("room id"));
@@ -69,6 +78,7 @@ pub fn encode(event: &RoomEvent) -> Result<Bytes, WireError> {
     out.put_slice(MAGIC);
     out.put_u64(event.origin.node.0);
     out.put_u16(event.origin.worker as u16);
+    out.put_u64(sent_us);
     out.put_u8(event.kind as u8);
     match event.exclude {
         Some(c) => {
@@ -323,8 +333,17 @@ fn kind(byte: u8) -> Result<EventKind, WireError> {
     })
 }
 
+/// A room event read off the wire.
+#[derive(Debug)]
+pub struct Received {
+    /// The event.
+    pub event: RoomEvent,
+    /// When its node published it, microseconds since the Unix epoch (that node's clock).
+    pub sent_us: u64,
+}
+
 /// Decodes one record; the frame shares `record`'s memory.
-pub fn decode(record: Bytes) -> Result<RoomEvent, WireError> {
+pub fn decode(record: Bytes) -> Result<Received, WireError> {
     let mut r = Reader { rest: record };
     if r.take(3, "magic")?[..] != MAGIC[..] {
         return Err(WireError::Magic);
@@ -333,6 +352,7 @@ pub fn decode(record: Bytes) -> Result<RoomEvent, WireError> {
         node: NodeId(r.u64("origin node")?),
         worker: usize::from(r.u16("origin worker")?),
     };
+    let sent_us = r.u64("publication time")?;
     let kind = kind(r.u8("kind")?)?;
     let exclude = match r.u8("exclusion flag")? {
         0 => None,
@@ -353,13 +373,14 @@ pub fn decode(record: Bytes) -> Result<RoomEvent, WireError> {
         let room = std::str::from_utf8(&bytes).map_err(|_| WireError::NotUtf8("room id"))?;
         rooms.push(Arc::<str>::from(room));
     }
-    Ok(RoomEvent {
+    let event = RoomEvent {
         rooms,
         frame: r.rest,
         origin,
         exclude,
         kind,
-    })
+    };
+    Ok(Received { event, sent_us })
 }
 
 #[cfg(test)]
@@ -386,7 +407,9 @@ mod tests {
     #[test]
     fn a_record_comes_back_as_the_event_it_was() {
         let e = event();
-        let back = decode(encode(&e).expect("encodes")).expect("decodes");
+        let back = decode(encode(&e, 1_700_000_000_123_456).expect("encodes")).expect("decodes");
+        assert_eq!(back.sent_us, 1_700_000_000_123_456);
+        let back = back.event;
         assert_eq!(back.rooms, e.rooms);
         assert_eq!(back.frame, e.frame);
         assert_eq!(back.origin, e.origin);
@@ -397,13 +420,15 @@ mod tests {
             kind: EventKind::Message,
             ..event()
         };
-        let back = decode(encode(&plain).expect("encodes")).expect("decodes");
+        let back = decode(encode(&plain, 0).expect("encodes"))
+            .expect("decodes")
+            .event;
         assert_eq!((back.exclude, back.kind), (None, EventKind::Message));
     }
 
     #[test]
     fn every_truncation_and_bad_byte_is_an_error_not_a_panic() {
-        let whole = encode(&event()).expect("encodes");
+        let whole = encode(&event(), 7).expect("encodes");
         let frame_at = whole.len() - 7;
         for cut in 0..frame_at {
             assert!(
@@ -415,12 +440,12 @@ mod tests {
         bad[0] = b'x';
         assert_eq!(decode(bad.into()).err(), Some(WireError::Magic));
         let mut bad = whole.to_vec();
-        bad[13] = 9; // the kind byte
+        bad[21] = 9; // the kind byte
         assert_eq!(decode(bad.into()).err(), Some(WireError::Kind(9)));
         // A room count far beyond the bytes there: an error, and nothing reserved for it.
-        let mut huge = whole.slice(..31).to_vec();
-        huge[29] = 0xff;
-        huge[30] = 0xff;
+        let mut huge = whole.slice(..39).to_vec();
+        huge[37] = 0xff;
+        huge[38] = 0xff;
         assert_eq!(
             decode(huge.into()).err(),
             Some(WireError::Truncated("room length"))
@@ -433,13 +458,13 @@ mod tests {
             rooms: vec!["x".repeat(65_536).into()],
             ..event()
         };
-        assert_eq!(encode(&long).err(), Some(WireError::TooLong("room id")));
+        assert_eq!(encode(&long, 0).err(), Some(WireError::TooLong("room id")));
         let longest = RoomEvent {
             rooms: vec!["x".repeat(65_535).into()],
             ..event()
         };
-        let back = decode(encode(&longest).expect("encodes")).expect("decodes");
-        assert_eq!(back.rooms[0].len(), 65_535);
+        let back = decode(encode(&longest, 0).expect("encodes")).expect("decodes");
+        assert_eq!(back.event.rooms[0].len(), 65_535);
     }
 
     fn actions() -> Vec<Action> {
