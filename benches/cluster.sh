@@ -4,7 +4,9 @@
 #     that share the chat through a local redis-server;
 #   - latency at 100k deliveries/s (3,125 messages/s from 4 senders into a 32-client chat):
 #     p50/p99, one node and two;
-#   - Redis PUBLISH calls per chat message (INFO commandstats), two nodes.
+#   - Redis PUBLISH calls per chat message (INFO commandstats), two nodes;
+#   - server CPU per delivery during the chat run: the node's, or the two nodes' summed, and
+#     the two nodes plus redis-server (loadtest --server-pid takes several pids and sums).
 # Every server runs one worker. Interleaved runs (RUNS, default 3); one line per measurement.
 # Needs redis-server and redis-cli (Debian's redis-server), and release builds:
 #   cargo build --release -p socket-server -p loadtest
@@ -35,9 +37,13 @@ node() { # port [redis]
   until curl -sf "http://127.0.0.1:$port/readyz" >/dev/null; do sleep 0.05; done
 }
 publishes() { redis-cli -p "$RP" INFO commandstats | sed -n 's/^cmdstat_publish:calls=\([0-9]*\),.*/\1/p' | tr -d '\r' | grep . || echo 0; }
-chat() { # urls
-  "$LT" --url "$1" --json chat --clients 32 --window 16 --duration "$DURATION" --warmup 2s 2>/dev/null \
-    | python3 -c 'import sys,json; d=json.load(sys.stdin); m=d["measured"]; print(round(m["deliveries_per_s"]), d["total_sent"], d["consistent"])'
+chat() { # urls pids
+  "$LT" --url "$1" --server-pid "$2" --json chat --clients 32 --window 16 --duration "$DURATION" --warmup 2s 2>/dev/null \
+    | python3 -c 'import sys,json; d=json.load(sys.stdin); m=d["measured"]; print(round(m["deliveries_per_s"]), d["total_sent"], d["consistent"], round(m["server"]["cpu_ns_per_unit"]))'
+}
+cpu() { # urls pids: server CPU per delivery only
+  "$LT" --url "$1" --server-pid "$2" --json chat --clients 32 --window 16 --duration "$DURATION" --warmup 2s 2>/dev/null \
+    | python3 -c 'import sys,json; d=json.load(sys.stdin); print(round(d["measured"]["server"]["cpu_ns_per_unit"]))'
 }
 latency() { # urls
   "$LT" --url "$1" --json latency --clients 32 --senders 4 --rate 3125 --duration "$DURATION" --warmup 2s 2>/dev/null \
@@ -47,8 +53,8 @@ latency() { # urls
 P=39700
 for run in $(seq 1 "$RUNS"); do
   P=$((P + 3)); node $P
-  read -r dps sent ok <<<"$(chat "ws://127.0.0.1:$P/")"
-  echo "run $run single chat-w16 deliveries/s $dps consistent $ok"
+  read -r dps sent ok ns <<<"$(chat "ws://127.0.0.1:$P/" "${PIDS[0]}")"
+  echo "run $run single chat-w16 deliveries/s $dps consistent $ok server_cpu_ns_per_delivery $ns"
   read -r p50 p99 lost <<<"$(latency "ws://127.0.0.1:$P/")"
   echo "run $run single latency p50_us $p50 p99_us $p99 lost $lost"
   kill "${PIDS[@]}"; PIDS=()
@@ -56,9 +62,10 @@ for run in $(seq 1 "$RUNS"); do
   node $((P + 1)) redis; node $((P + 2)) redis
   urls="ws://127.0.0.1:$((P + 1))/,ws://127.0.0.1:$((P + 2))/"
   before=$(publishes)
-  read -r dps sent ok <<<"$(chat "$urls")"
+  read -r dps sent ok ns <<<"$(chat "$urls" "${PIDS[0]},${PIDS[1]}")"
   after=$(publishes)
-  echo "run $run two-nodes chat-w16 deliveries/s $dps consistent $ok publishes_per_message $(python3 -c "print(round(($after - $before) / max($sent, 1), 3))")"
+  echo "run $run two-nodes chat-w16 deliveries/s $dps consistent $ok publishes_per_message $(python3 -c "print(round(($after - $before) / max($sent, 1), 3))") nodes_cpu_ns_per_delivery $ns"
+  echo "run $run two-nodes chat-w16 nodes_and_redis_cpu_ns_per_delivery $(cpu "$urls" "${PIDS[0]},${PIDS[1]},$REDIS")"
   read -r p50 p99 lost <<<"$(latency "$urls")"
   echo "run $run two-nodes latency p50_us $p50 p99_us $p99 lost $lost"
   kill "${PIDS[@]}"; PIDS=()

@@ -20,9 +20,10 @@ pub struct Common {
     /// comma-separated URLs (the nodes of a cluster): client j connects to URL j mod n.
     #[arg(long, global = true, default_value = "ws://127.0.0.1:8080/")]
     pub url: String,
-    /// Server process id: sample its CPU time and RSS from /proc during the run.
-    #[arg(long, global = true)]
-    pub server_pid: Option<u32>,
+    /// Server process id: sample its CPU time and RSS from /proc during the run. Several
+    /// comma-separated ids (the nodes of a cluster, Redis): their CPU and RSS are summed.
+    #[arg(long, global = true, value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
     /// Print one JSON object on stdout (the table goes to stderr).
     #[arg(long, global = true)]
     pub json: bool,

@@ -117,6 +117,39 @@ pub struct ProcSample {
     pub rss_kb: u64,
 }
 
+/// The server processes to observe (one, or the nodes of a cluster): sampled as one.
+#[derive(Debug)]
+pub struct Servers(Vec<Watch>);
+
+impl Servers {
+    /// Observes `pids`; `None` when there are none. Fails if one does not exist.
+    pub fn new(pids: &[u32]) -> Result<Option<Self>> {
+        if pids.is_empty() {
+            return Ok(None);
+        }
+        let watches = pids
+            .iter()
+            .map(|p| Watch::new(Some(*p)))
+            .collect::<Result<_>>()?;
+        Ok(Some(Self(watches)))
+    }
+
+    /// CPU and RSS of all of them, summed.
+    pub fn sample(&self) -> Result<ProcSample> {
+        let mut sum = ProcSample {
+            at: Instant::now(),
+            cpu_ns: 0,
+            rss_kb: 0,
+        };
+        for w in &self.0 {
+            let s = w.sample()?;
+            sum.cpu_ns += s.cpu_ns;
+            sum.rss_kb += s.rss_kb;
+        }
+        Ok(sum)
+    }
+}
+
 /// A process to observe: `None` is this process.
 #[derive(Debug, Clone, Copy)]
 pub struct Watch {

@@ -22,7 +22,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::procstat::{ProcSample, Watch};
+use crate::procstat::{ProcSample, Servers, Watch};
 use crate::report::{fmt_rate, Usage};
 
 /// Phases of a run, in order.
@@ -347,7 +347,7 @@ pub struct TimelinePoint {
 /// Samples the counters and processes once a second and drives the progress bar.
 #[derive(Debug)]
 pub struct Monitor {
-    server: Option<Watch>,
+    server: Option<Servers>,
     client: Watch,
     bar: ProgressBar,
     origin: Instant,
@@ -357,9 +357,9 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    /// A monitor of `server_pid` (if any) and this process.
-    pub fn new(server_pid: Option<u32>) -> Result<Self> {
-        let server = server_pid.map(|p| Watch::new(Some(p))).transpose()?;
+    /// A monitor of the server processes `server_pids` (if any) and this process.
+    pub fn new(server_pids: &[u32]) -> Result<Self> {
+        let server = Servers::new(server_pids)?;
         Ok(Self {
             server,
             client: Watch::new(None)?,

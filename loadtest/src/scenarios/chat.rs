@@ -163,7 +163,7 @@ pub fn run(common: &Common, args: &ChatArgs) -> Result<ChatResult> {
     let threads = common.threads().min(args.clients as usize);
     let shared = Shared::new();
     let ctx = Arc::new(ChatCtx::new(common, args.clients, Arc::clone(&shared))?);
-    let mut monitor = Monitor::new(common.server_pid)?;
+    let mut monitor = Monitor::new(&common.server_pid)?;
     let a = Arc::new(args.clone());
     let clients = args.clients;
     let workers = {

@@ -30,7 +30,7 @@ use super::hold::ChildLine;
 use crate::common::{
     default_source, ephemeral_ports, open_file_limit, parse_duration, parse_source, Common,
 };
-use crate::procstat::Watch;
+use crate::procstat::{Servers, Watch};
 use crate::report::{fmt_count, fmt_kib, fmt_ns, fmt_rate, rss_per_connection, Table, Usage};
 
 /// Options of the `connections` scenario.
@@ -205,10 +205,10 @@ pub fn run(common: &Common, args: &ConnectionsArgs) -> Result<ConnectionsResult>
     let per_source = ephemeral_ports().saturating_sub(500);
     let shares = plan(args.count, per_process, &args.sources, per_source)?;
     let users = args.users.unwrap_or(args.count).max(1);
-    let server = common.server_pid.map(|p| Watch::new(Some(p))).transpose()?;
+    let server = Servers::new(&common.server_pid)?;
     let me = Watch::new(None)?;
     let me0 = me.sample()?;
-    let server0 = server.as_ref().map(Watch::sample).transpose()?;
+    let server0 = server.as_ref().map(Servers::sample).transpose()?;
 
     let t0 = Instant::now();
     let (tx, rx) = mpsc::channel::<(usize, ChildLine)>();
@@ -293,7 +293,7 @@ pub fn run(common: &Common, args: &ConnectionsArgs) -> Result<ConnectionsResult>
     bar.finish_and_clear();
     let held: u64 = state.iter().map(|s| s.0).sum();
     let failed: u64 = state.iter().map(|s| s.1).sum();
-    let server1 = server.as_ref().map(Watch::sample).transpose()?;
+    let server1 = server.as_ref().map(Servers::sample).transpose()?;
     let children_cpu: u64 = children
         .iter()
         .filter_map(|c| Watch::new(Some(c.id())).ok()?.sample().ok())

@@ -253,7 +253,7 @@ pub fn run(common: &Common, args: &LatencyArgs) -> Result<LatencyResult> {
         wake: (0..args.senders).map(|_| Arc::new(Notify::new())).collect(),
     });
     let recorded = Arc::new(AtomicU64::new(0));
-    let mut monitor = Monitor::new(common.server_pid)?;
+    let mut monitor = Monitor::new(&common.server_pid)?;
     let clients = args.clients;
     let workers = {
         let ctx = Arc::clone(&ctx);

@@ -29,7 +29,7 @@ use crate::client::{connect, token_for, Conn, ConnectOpts};
 use crate::common::{default_source, open_file_limit, parse_duration, Common};
 use crate::frames::Kind;
 use crate::handshake::Target;
-use crate::procstat::Watch;
+use crate::procstat::{Servers, Watch};
 use crate::rate::{now_ns, Schedule};
 use crate::report::{fmt_count, fmt_rate, latency_histogram, Percentiles, Table, Usage};
 use crate::run::{self, wait_phase, Phase, Shared};
@@ -177,9 +177,9 @@ pub fn run(common: &Common, args: &StormArgs) -> Result<StormResult> {
             .map(default_source)
             .collect::<Result<_>>()?,
     });
-    let server = common.server_pid.map(|p| Watch::new(Some(p))).transpose()?;
+    let server = Servers::new(&common.server_pid)?;
     let me = Watch::new(None)?;
-    let s0 = server.as_ref().map(Watch::sample).transpose()?;
+    let s0 = server.as_ref().map(Servers::sample).transpose()?;
     let c0 = me.sample()?;
     let t0 = Instant::now();
     let start_ns = now_ns();
@@ -266,7 +266,7 @@ pub fn run(common: &Common, args: &StormArgs) -> Result<StormResult> {
         c + f >= args.count
     });
     bar.finish_and_clear();
-    let s1 = server.as_ref().map(Watch::sample).transpose()?;
+    let s1 = server.as_ref().map(Servers::sample).transpose()?;
     let c1 = me.sample()?;
     shared.set_phase(Phase::Done);
     let parts = run::join_workers(workers)?;
