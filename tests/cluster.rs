@@ -2,7 +2,8 @@
 //! loopback port): chat events cross nodes, once, in order.
 //!
 //! The nodes run the benchmark fixture (`BENCH_FIXTURE=10:1`: tokens `t0`..`t9`, all in chat
-//! `c0`), which multi-node mode accepts; the embedded store does not (it is per node).
+//! `c0`), which multi-node mode accepts; the embedded store does not (it is per node). Typing
+//! expires after 600 ms on them.
 
 mod support;
 
@@ -193,7 +194,8 @@ fn node_at(store: &TestStore, url: &str, name: &str, lease_ms: Option<&str>) -> 
         .arg("10:1")
         .env("REDIS_URL", url)
         .env("NODE_ID", name)
-        .env("API_KEY", KEY);
+        .env("API_KEY", KEY)
+        .env("TYPING_TIMEOUT", "600");
     match lease_ms {
         Some(ms) => b.env("PRESENCE_LEASE", ms),
         None => b,
@@ -236,9 +238,14 @@ fn a_message_and_a_receipt_cross_nodes_once_and_typing_skips_only_the_typist() {
 
     bob.send("chat:typing", json!({"chatId": "c0", "isTyping": true}));
     let typing = alice.expect_type("chat:typing");
-    assert_eq!(typing["userId"], "u1");
+    assert_eq!((&typing["userId"], &typing["isTyping"]), (&json!("u1"), &json!(true)));
     // The typist's own node excludes it, and no other node delivers it back.
     bob.expect_no_type("chat:typing", Duration::from_millis(300));
+    // Its expiry (TYPING_TIMEOUT, 600 ms on these nodes) crosses too, once.
+    let expired = alice.expect_type("chat:typing");
+    assert_eq!((&expired["userId"], &expired["isTyping"]), (&json!("u1"), &json!(false)));
+    alice.expect_no_type("chat:typing", Duration::from_millis(900));
+    bob.expect_no_type("chat:typing", Duration::from_millis(100));
 }
 
 #[test]
