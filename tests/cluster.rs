@@ -238,12 +238,18 @@ fn a_message_and_a_receipt_cross_nodes_once_and_typing_skips_only_the_typist() {
 
     bob.send("chat:typing", json!({"chatId": "c0", "isTyping": true}));
     let typing = alice.expect_type("chat:typing");
-    assert_eq!((&typing["userId"], &typing["isTyping"]), (&json!("u1"), &json!(true)));
+    assert_eq!(
+        (&typing["userId"], &typing["isTyping"]),
+        (&json!("u1"), &json!(true))
+    );
     // The typist's own node excludes it, and no other node delivers it back.
     bob.expect_no_type("chat:typing", Duration::from_millis(300));
     // Its expiry (TYPING_TIMEOUT, 600 ms on these nodes) crosses too, once.
     let expired = alice.expect_type("chat:typing");
-    assert_eq!((&expired["userId"], &expired["isTyping"]), (&json!("u1"), &json!(false)));
+    assert_eq!(
+        (&expired["userId"], &expired["isTyping"]),
+        (&json!("u1"), &json!(false))
+    );
     alice.expect_no_type("chat:typing", Duration::from_millis(900));
     bob.expect_no_type("chat:typing", Duration::from_millis(100));
 }

@@ -185,7 +185,7 @@ fn start_server() -> TestServer {
 fn common(port: u16) -> Common {
     Common {
         url: format!("ws://127.0.0.1:{port}/"),
-        server_pid: Some(std::process::id()),
+        server_pid: vec![std::process::id()],
         json: false,
         plot: None,
         threads: Some(2),
