@@ -156,11 +156,15 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
     let Some((mut stream, live)) = admit(&worker, stream).await else {
         return;
     };
-    let Some((token, path, prefix)) = upgrade(&worker, &mut stream).await else {
+    let Some((token, path, prefix, accept)) = upgrade(&worker, &mut stream).await else {
         return;
     };
     let (mut input, write_half) = split::split(stream, prefix);
     let outbox = Rc::new(Outbox::new(worker.config().flow.max_outbox_bytes));
+    // The 101 leaves through the outbox like every frame after it: when authentication
+    // answers at once (fixture, embedded store), it goes out in one write with `connected`,
+    // one send (and one TCP segment) per connection fewer.
+    outbox.push(&accept);
     monoio::spawn({
         let outbox = outbox.clone();
         async move { outbox.run_writer(write_half).await }
@@ -224,13 +228,13 @@ async fn admit(worker: &Rc<Worker>, stream: TcpStream) -> Option<(TcpStreamPoll,
     }
 }
 
-/// Reads the request head and completes the WebSocket upgrade (Origin rule, 101), or answers
-/// a plain request. Returns the token the client sent, the path (for logs) and the bytes that
-/// arrived behind the head.
+/// Reads the request head and accepts the WebSocket upgrade (Origin rule), or answers a
+/// plain request. Returns the token the client sent, the path (for logs), the bytes that
+/// arrived behind the head, and the 101 answer to send.
 async fn upgrade(
     worker: &Rc<Worker>,
     stream: &mut TcpStreamPoll,
-) -> Option<(Option<String>, String, BytesMut)> {
+) -> Option<(Option<String>, String, BytesMut, Vec<u8>)> {
     let mut buf = BytesMut::with_capacity(1024);
     let (req, consumed) =
         match read_head(stream, &mut buf, worker.config().listen.auth_timeout).await {
@@ -260,12 +264,14 @@ async fn upgrade(
         return None;
     }
     let accept = handshake::switching_protocols(&upgrade);
-    if stream.write_all(&accept).await.is_err() {
-        return None;
-    }
     // Copy (not split off) what came behind the head, so the head buffer is freed now; only
     // the path is kept from the head (logs).
-    Some((upgrade.token, req.path, BytesMut::from(&buf[consumed..])))
+    Some((
+        upgrade.token,
+        req.path,
+        BytesMut::from(&buf[consumed..]),
+        accept,
+    ))
 }
 
 /// Authenticates `token` and fetches the user's chats, by `deadline`.
