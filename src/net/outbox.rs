@@ -38,7 +38,7 @@ use std::task::{Poll, Waker};
 use std::time::Instant;
 
 use bytes::{Buf, Bytes};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::split::WriteHalf;
 pub use crate::core::event::Class;
@@ -494,6 +494,48 @@ impl Outbox {
         Ok(())
     }
 
+    /// Writes what the socket takes of `data` now, without waiting: the bytes written.
+    fn write_now(&self, socket: &mut WriteHalf, data: &[u8]) -> std::io::Result<usize> {
+        // A write that cannot go on registers this no-op waker; the waiting write that follows
+        // registers the task's own before it sleeps.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut done = 0;
+        while done < data.len() {
+            let chunk = &data[done..data.len().min(done + WRITE_CHUNK)];
+            match std::pin::Pin::new(&mut *socket).poll_write(&mut cx, chunk) {
+                Poll::Ready(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Poll::Ready(Ok(n)) => {
+                    self.progress(n);
+                    done += n;
+                }
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => break,
+            }
+        }
+        Ok(done)
+    }
+
+    /// Writes `rest` and then the `held` parts, waiting for the socket as needed, unless the
+    /// writer is aborted first; whether everything was written.
+    async fn write_rest(
+        &self,
+        socket: &mut WriteHalf,
+        rest: &[u8],
+        held: Option<Box<Held>>,
+    ) -> bool {
+        monoio::select! {
+            r = async {
+                self.write_counted(socket, rest).await?;
+                match held {
+                    // Boxed too: its 64 slices are large, and rare.
+                    Some(mut held) => Box::pin(self.write_parts(socket, &mut held.parts)).await,
+                    None => Ok(()),
+                }
+            } => r.is_ok(),
+            _ = self.abort_signal() => false,
+        }
+    }
+
     /// The writer task: sends queued bytes until closing and drained, a write fails, or abort.
     pub async fn run_writer(&self, mut socket: WriteHalf) {
         // What is being written: copied bytes (the common case: one buffer, one write) or,
@@ -521,19 +563,14 @@ impl Outbox {
             };
             if self.in_flight.get() > 0 {
                 self.writing.set(true);
-                let written = monoio::select! {
-                    r = async {
-                        self.write_counted(&mut socket, &spare).await?;
-                        match held {
-                            // Boxed: its 64 slices would otherwise make every connection's
-                            // writer task 1 KiB larger, idle or not.
-                            Some(mut held) => {
-                                Box::pin(self.write_parts(&mut socket, &mut held.parts)).await
-                            }
-                            None => Ok(()),
-                        }
-                    } => r.is_ok(),
-                    _ = self.abort_signal() => false,
+                // Most writes complete at once: tried here without awaiting, they add no state
+                // to the task. Only a write the socket cannot take whole waits, in a boxed
+                // future, so that state is not part of every connection's writer task, idle or
+                // not (measured: the task's future went from 264 to 104 bytes).
+                let written = match self.write_now(&mut socket, &spare) {
+                    Err(_) => false,
+                    Ok(n) if n == spare.len() && held.is_none() => true,
+                    Ok(n) => Box::pin(self.write_rest(&mut socket, &spare[n..], held)).await,
                 };
                 self.writing.set(false);
                 if !written {
