@@ -34,9 +34,9 @@ use slab::Slab;
 use super::event::EventKind;
 use super::history;
 use super::presence::Presence;
-use super::rate::{Admission, RateLimit};
+use super::rate::{Admission, RateRule};
 use super::room::Rooms;
-use super::session::{Decision, Heartbeat, Session, User};
+use super::session::{Decision, Heartbeat, Rules, Session, User};
 use super::typing::Typing;
 use crate::protocol::outbound::Outbound;
 use crate::protocol::{ChatMessage, CloseCode, Command, ErrorCode, HistoryRequest};
@@ -225,6 +225,8 @@ impl<T> Member<T> {
 /// The chat rules of one worker; `T` is the shell's per-connection handle.
 pub struct Hub<T> {
     config: HubConfig,
+    /// The sessions' rules, from `config`, kept once.
+    rules: Rules,
     conns: Slab<Member<T>>,
     rooms: Rooms<usize>,
     typing: Typing<(usize, Arc<str>)>,
@@ -243,6 +245,11 @@ impl<T> Hub<T> {
         Self {
             typing: Typing::new(config.typing_timeout),
             next_heartbeat: now + config.heartbeat_interval,
+            rules: Rules {
+                refetch_interval: config.refetch_interval,
+                connection_timeout: config.connection_timeout,
+                rate: RateRule::new(config.rate_limit, config.rate_burst),
+            },
             config,
             conns: Slab::new(),
             rooms: Rooms::default(),
@@ -308,7 +315,6 @@ impl<T> Hub<T> {
     /// An authenticated connection opens: `connected` first, then its rooms, then its
     /// presence. Returns its id.
     pub fn open(&mut self, user: User, chats: Vec<Arc<str>>, io: T, now: Instant) -> usize {
-        let rate = RateLimit::new(self.config.rate_limit, self.config.rate_burst, now);
         let slot = self.conns.vacant_key();
         let frame = Outbound::Connected {
             user_id: &user.id,
@@ -324,14 +330,7 @@ impl<T> Hub<T> {
             chats: chats.clone(),
             opened: true,
         }));
-        let session = Session::new(
-            user,
-            chats,
-            now,
-            self.config.refetch_interval,
-            self.config.connection_timeout,
-            rate,
-        );
+        let session = Session::new(user, chats, now, &self.rules);
         self.conns.insert(Member { session, io })
     }
 
@@ -371,7 +370,7 @@ impl<T> Hub<T> {
         let Some(m) = self.conns.get_mut(conn) else {
             return false;
         };
-        match m.session.admit(now) {
+        match m.session.admit(now, &self.rules) {
             Admission::Allowed => true,
             Admission::Rejected => {
                 self.error(conn, ErrorCode::RateLimited, "Too many messages; slow down");
@@ -407,7 +406,7 @@ impl<T> Hub<T> {
         let Some(m) = self.conns.get_mut(conn) else {
             return Step::Done;
         };
-        match m.session.decide(cmd, now) {
+        match m.session.decide(cmd, now, &self.rules) {
             Decision::Execute(cmd) => self.execute(conn, cmd, now),
             Decision::Refetch(cmd) => Step::Call(Call::Chats { then: Some(cmd) }),
             Decision::NotParticipant(_) => {
@@ -644,7 +643,7 @@ impl<T> Hub<T> {
         }
         self.next_heartbeat = now + self.config.heartbeat_interval;
         for (conn, m) in &self.conns {
-            match m.session.heartbeat(now) {
+            match m.session.heartbeat(now, &self.rules) {
                 Heartbeat::Ping => self.effects.push_back(Effect::Ping { conn }),
                 Heartbeat::Expire => {
                     tracing::info!(user_id = %m.session.user().id, "Connection timed out");
@@ -746,7 +745,7 @@ impl<T> Hub<T> {
         let Some(m) = self.conns.get_mut(conn) else {
             return Step::Done;
         };
-        if verify && m.session.is_member(chat) && m.session.start_refetch(now) {
+        if verify && m.session.is_member(chat) && m.session.start_refetch(now, &self.rules) {
             Step::Call(Call::Chats { then: None })
         } else {
             Step::Done

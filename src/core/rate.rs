@@ -20,11 +20,32 @@ pub enum Admission {
     Abusive,
 }
 
-/// A token bucket with a memory of rejections.
-#[derive(Debug, Clone)]
-pub struct RateLimit {
+/// The limit: the same for every connection, so kept once (by the hub), not per bucket.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateRule {
     rate: f64,
     burst: f64,
+}
+
+impl RateRule {
+    /// One message per second, no burst beyond it (for tests).
+    pub const ONE_PER_SECOND: RateRule = RateRule {
+        rate: 1.0,
+        burst: 1.0,
+    };
+
+    /// `rate` messages per second sustained, `burst` at once; a rate of 0 is no limit.
+    pub fn new(rate: u32, burst: u32) -> Self {
+        Self {
+            rate: f64::from(rate),
+            burst: f64::from(burst),
+        }
+    }
+}
+
+/// A connection's token bucket with a memory of rejections.
+#[derive(Debug, Clone)]
+pub struct RateLimit {
     tokens: f64,
     last: Instant,
     strikes: u32,
@@ -32,34 +53,33 @@ pub struct RateLimit {
 }
 
 impl RateLimit {
-    /// `rate` messages per second sustained, `burst` at once; full at `now`.
-    pub fn new(rate: u32, burst: u32, now: Instant) -> Self {
+    /// A bucket for `rule`, full at `now`.
+    pub fn new(rule: RateRule, now: Instant) -> Self {
         Self {
-            rate: f64::from(rate),
-            burst: f64::from(burst),
-            tokens: f64::from(burst),
+            tokens: rule.burst,
             last: now,
             strikes: 0,
             last_rejection: None,
         }
     }
 
-    /// Admits (or not) one message arriving at `now`.
-    pub fn admit(&mut self, now: Instant) -> Admission {
-        if self.rate == 0.0 {
+    /// Admits (or not) one message arriving at `now`, under `rule` (the bucket's own).
+    pub fn admit(&mut self, rule: RateRule, now: Instant) -> Admission {
+        let RateRule { rate, burst } = rule;
+        if rate == 0.0 {
             return Admission::Allowed;
         }
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        if self.tokens >= self.burst {
+        self.tokens = (self.tokens + elapsed * rate).min(burst);
+        if self.tokens >= burst {
             self.strikes = 0;
         }
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             return Admission::Allowed;
         }
-        let refill = self.burst / self.rate;
+        let refill = burst / rate;
         let paused = self
             .last_rejection
             .is_some_and(|t| now.saturating_duration_since(t).as_secs_f64() > refill);
@@ -68,7 +88,7 @@ impl RateLimit {
         }
         self.last_rejection = Some(now);
         self.strikes += 1;
-        if f64::from(self.strikes) > self.burst {
+        if f64::from(self.strikes) > burst {
             Admission::Abusive
         } else {
             Admission::Rejected
@@ -87,21 +107,26 @@ mod tests {
         // rejected in each burst; the bucket never refills to full, so the old rule (strikes
         // forgiven only on a full bucket) closed it after two bursts. Closing is for a flood.
         let t0 = Instant::now();
-        let mut r = RateLimit::new(10, 5, t0);
+        let rule = RateRule::new(10, 5);
+        let mut r = RateLimit::new(rule, t0);
         let mut t = t0;
         let mut rejected = 0;
         for round in 0..2_000 {
             // Every 2 s: 3 messages more than the bucket holds; otherwise 1 per 100 ms.
             if round % 20 == 0 {
                 for _ in 0..3 {
-                    match r.admit(t) {
+                    match r.admit(rule, t) {
                         Admission::Rejected => rejected += 1,
                         Admission::Abusive => panic!("closed at round {round}"),
                         Admission::Allowed => {}
                     }
                 }
             }
-            assert_ne!(r.admit(t), Admission::Abusive, "closed at round {round}");
+            assert_ne!(
+                r.admit(rule, t),
+                Admission::Abusive,
+                "closed at round {round}"
+            );
             t += Duration::from_millis(100);
         }
         assert!(
@@ -113,11 +138,12 @@ mod tests {
     #[test]
     fn twice_the_rate_for_long_is_abusive() {
         let t0 = Instant::now();
-        let mut r = RateLimit::new(10, 5, t0);
+        let rule = RateRule::new(10, 5);
+        let mut r = RateLimit::new(rule, t0);
         let mut t = t0;
         let mut closed_at = None;
         for i in 0..200 {
-            if r.admit(t) == Admission::Abusive {
+            if r.admit(rule, t) == Admission::Abusive {
                 closed_at = Some(i);
                 break;
             }
@@ -130,15 +156,19 @@ mod tests {
     #[test]
     fn burst_then_rate() {
         let t0 = Instant::now();
-        let mut r = RateLimit::new(10, 5, t0);
+        let rule = RateRule::new(10, 5);
+        let mut r = RateLimit::new(rule, t0);
         for _ in 0..5 {
-            assert_eq!(r.admit(t0), Admission::Allowed);
+            assert_eq!(r.admit(rule, t0), Admission::Allowed);
         }
-        assert_eq!(r.admit(t0), Admission::Rejected);
+        assert_eq!(r.admit(rule, t0), Admission::Rejected);
         // 100 ms later one token is back.
-        assert_eq!(r.admit(t0 + Duration::from_millis(100)), Admission::Allowed);
         assert_eq!(
-            r.admit(t0 + Duration::from_millis(100)),
+            r.admit(rule, t0 + Duration::from_millis(100)),
+            Admission::Allowed
+        );
+        assert_eq!(
+            r.admit(rule, t0 + Duration::from_millis(100)),
             Admission::Rejected
         );
     }
@@ -146,20 +176,22 @@ mod tests {
     #[test]
     fn sustained_abuse_is_reported_and_a_pause_forgives() {
         let t0 = Instant::now();
-        let mut r = RateLimit::new(10, 3, t0);
-        let verdicts: Vec<Admission> = (0..7).map(|_| r.admit(t0)).collect();
+        let rule = RateRule::new(10, 3);
+        let mut r = RateLimit::new(rule, t0);
+        let verdicts: Vec<Admission> = (0..7).map(|_| r.admit(rule, t0)).collect();
         assert_eq!(&verdicts[..3], &[Admission::Allowed; 3]);
         assert_eq!(&verdicts[3..6], &[Admission::Rejected; 3]);
         assert_eq!(verdicts[6], Admission::Abusive);
         let later = t0 + Duration::from_secs(1);
-        assert_eq!(r.admit(later), Admission::Allowed);
-        assert_eq!(r.admit(later), Admission::Allowed);
+        assert_eq!(r.admit(rule, later), Admission::Allowed);
+        assert_eq!(r.admit(rule, later), Admission::Allowed);
     }
 
     #[test]
     fn zero_rate_disables() {
         let t0 = Instant::now();
-        let mut r = RateLimit::new(0, 0, t0);
-        assert!((0..1000).all(|_| r.admit(t0) == Admission::Allowed));
+        let rule = RateRule::new(0, 0);
+        let mut r = RateLimit::new(rule, t0);
+        assert!((0..1000).all(|_| r.admit(rule, t0) == Admission::Allowed));
     }
 }
