@@ -228,7 +228,8 @@ impl Requests {
         }
     }
 
-    /// Requests still waiting (for tests and metrics).
+    /// Requests still waiting.
+    #[cfg(test)]
     pub fn waiting(&self) -> usize {
         self.table().len()
     }

@@ -28,7 +28,8 @@ pub struct RateRule {
 }
 
 impl RateRule {
-    /// One message per second, no burst beyond it (for tests).
+    /// One message per second, no burst beyond it.
+    #[cfg(test)]
     pub const ONE_PER_SECOND: RateRule = RateRule {
         rate: 1.0,
         burst: 1.0,
