@@ -69,6 +69,10 @@ scenario_args() {
   esac
 }
 
+# Results of earlier runs of these scenarios (perhaps with more RUNS) must not be summarised
+# with this run's.
+for scenario in $SCENARIOS; do rm -f "$OUT/${scenario}"_*.json; done
+
 for run in $(seq 1 "$RUNS"); do
   for scenario in $SCENARIOS; do
     for server in socket-server bun; do
