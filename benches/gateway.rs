@@ -5,15 +5,18 @@
 //!   (`Outbound::to_frame`: JSON written behind a header gap) next to serde_json + fastwebsockets'
 //!   `Frame::write` (the obvious alternative);
 //! - `fan_out_1000`: one encoded room event delivered to 1,000 local connections (room lookup +
-//!   append to each connection's outbox), the per-event work of a worker.
+//!   append to each connection's outbox), the per-event work of a worker;
+//! - `outbox_push`: queueing one frame in an outbox, copied while the connection keeps up and
+//!   held by reference once it is a write chunk behind (the two rules of `Outbox::push_event`).
 //!
 //! Run: `cargo bench --bench gateway`. Results and their context are in BENCHMARKS.md.
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use socket_server::core::room::Rooms;
-use socket_server::net::outbox::Outbox;
+use socket_server::net::outbox::{Class, Outbox, WRITE_CHUNK};
 use socket_server::protocol::{inbound, ChatMessage, Outbound};
 
 const CLIENT_MESSAGE: &[u8] = br#"{"type":"chat:message","payload":{"chatId":"c0","content":"hello from the benchmark, round 17","clientMessageId":"k-123456"}}"#;
@@ -110,5 +113,45 @@ fn fan_out(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, envelope_parse, frame_encode, fan_out);
+fn outbox_push(c: &mut Criterion) {
+    let mut g = c.benchmark_group("outbox_push");
+    g.throughput(Throughput::Elements(1));
+    let frame = Outbound::ChatMessage {
+        chat_id: "c0",
+        message: &message(),
+    }
+    .to_frame();
+    g.bench_function("copy_while_keeping_up", |b| {
+        let outbox = Outbox::new(16 << 20);
+        let mut n = 0;
+        b.iter(|| {
+            black_box(outbox.push_event(black_box(&frame), Class::Reliable));
+            n += 1;
+            if n == 32 {
+                // As the writer does once per pass: take the queue (which frees it when idle).
+                black_box(outbox.take_for_bench());
+                n = 0;
+            }
+        })
+    });
+    // A connection over one write chunk behind: 1 KiB events are held by reference.
+    let big = Bytes::from(vec![b'x'; 1024]);
+    g.bench_function("hold_1k_event_when_behind", |b| {
+        let outbox = Outbox::new(64 << 20);
+        outbox.push(&vec![0u8; WRITE_CHUNK]);
+        let mut n = 0;
+        b.iter(|| {
+            black_box(outbox.push_event(black_box(&big), Class::Reliable));
+            n += 1;
+            if n == 4096 {
+                black_box(outbox.take_for_bench());
+                outbox.push(&vec![0u8; WRITE_CHUNK]);
+                n = 0;
+            }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, envelope_parse, frame_encode, fan_out, outbox_push);
 criterion_main!(benches);

@@ -319,33 +319,49 @@ fn open_session(
 }
 
 /// The steady state of an authenticated connection: the read loop, then the close.
-async fn steady(
+///
+/// Every idle connection's task holds this future, so it is built to be small: the handler
+/// owns what the loop needs (nothing is kept twice, as a copy here and a reference there),
+/// and it is an `async` block over that state rather than an `async fn`, whose parameters
+/// would keep their own slots next to the handler they were moved into. Measured (release,
+/// `size_of_val`): 520 bytes before, 400 with the handler owning its state and one named idle
+/// wait, 208 with this block, `read_loop`'s and the close moved into a boxed future.
+fn steady(
     worker: Rc<Worker>,
     conn: Rc<Conn>,
     slot: usize,
     token: String,
     mut input: Input,
-    _live: TaskGuard,
-) {
-    let cfg = worker.config();
-    let limits = Limits {
-        max_message_size: cfg.frames.max_message_size,
-        max_fragments: cfg.frames.max_fragments,
-    };
-    let mut chat = Chat {
-        worker: &worker,
-        conn: &conn,
+    live: TaskGuard,
+) -> impl std::future::Future<Output = ()> {
+    let chat = Chat {
+        worker,
+        conn,
         slot,
-        token: &token,
+        token: token.into_boxed_str(),
     };
-    let end = read_loop(
-        &mut input,
-        &conn.outbox,
-        &worker.read_scratch,
-        limits,
-        &mut chat,
-    )
-    .await;
+    // The block uses `input` and `live` where they were captured: rebinding them would give
+    // each a second slot.
+    async move {
+        let end = read_loop(
+            &mut input,
+            &chat.conn.outbox,
+            &chat.worker.read_scratch,
+            limits(&chat.worker),
+            &chat,
+        )
+        .await;
+        // Boxed, like every rarely used state, to keep the idle task small.
+        Box::pin(close(&chat, &mut input, end)).await;
+        drop(live);
+    }
+}
+
+/// The end of an authenticated connection, once its read loop ended with `end`: the close it
+/// calls for, unregistration, then the close handshake.
+async fn close(chat: &Chat, input: &mut Input, end: End) {
+    let slot = chat.slot;
+    let (worker, conn) = (&chat.worker, &chat.conn);
     match end {
         End::Violation(code) => {
             worker.shared.metrics.closed(code);
@@ -357,8 +373,7 @@ async fn steady(
             worker.park();
             let cfg = worker.config();
             let patience = cfg.drain.wait + cfg.drain.window + Duration::from_secs(1);
-            let wait = monoio::time::timeout(patience, conn.outbox.closed());
-            let _ = Box::pin(wait).await;
+            let _ = monoio::time::timeout(patience, conn.outbox.closed()).await;
         }
         End::Gone => conn.outbox.close(CloseCode::Normal),
         End::ClientClosed | End::Closed => {}
@@ -367,13 +382,12 @@ async fn steady(
         tracing::info!(user_id = %user.id, worker = worker.id, "User disconnected");
     }
     worker.close(slot);
-    // Boxed, like every rarely used state, to keep the idle task small. Both end by aborting
-    // the writer, so the socket is released even if the peer never reads.
+    // Both end by aborting the writer, so the socket is released even if the peer never reads.
     if matches!(end, End::Gone | End::ClientClosed) {
         conn.outbox.close(CloseCode::Normal);
-        Box::pin(finish(&conn.outbox)).await;
+        finish(&conn.outbox).await;
     } else {
-        Box::pin(linger(&mut input, &conn.outbox)).await;
+        linger(input, &conn.outbox).await;
     }
 }
 
@@ -400,16 +414,25 @@ fn reject(worker: &Worker, outbox: &Outbox, e: BackendError, path: &str) {
     outbox.close(close);
 }
 
-/// The chat side of the frame loop: liveness, drain, and one complete message at a time.
-struct Chat<'a> {
-    worker: &'a Worker,
-    conn: &'a Conn,
-    slot: usize,
-    token: &'a str,
+/// The frame size limits from the worker's configuration.
+fn limits(worker: &Worker) -> Limits {
+    let frames = &worker.config().frames;
+    Limits {
+        max_message_size: frames.max_message_size,
+        max_fragments: frames.max_fragments,
+    }
 }
 
-impl Handler for Chat<'_> {
-    fn seen(&mut self, now: Instant) {
+/// The chat side of the frame loop: liveness, drain, and one complete message at a time.
+struct Chat {
+    worker: Rc<Worker>,
+    conn: Rc<Conn>,
+    slot: usize,
+    token: Box<str>,
+}
+
+impl Handler for Chat {
+    fn seen(&self, now: Instant) {
         self.worker.seen(self.slot, now);
     }
 
@@ -417,8 +440,8 @@ impl Handler for Chat<'_> {
         self.worker.draining()
     }
 
-    async fn message(&mut self, message: Message, now: Instant) {
-        let (worker, slot) = (self.worker, self.slot);
+    async fn message(&self, message: Message, now: Instant) {
+        let (worker, slot) = (&*self.worker, self.slot);
         if !worker.admit_message(slot, now) {
             return;
         }
@@ -444,7 +467,7 @@ impl Handler for Chat<'_> {
     }
 }
 
-impl Chat<'_> {
+impl Chat {
     /// Follows the hub's steps for one command: each backend call it asks for, in turn, then
     /// the sender's pacing. The read loop reads nothing more until this returns, so a
     /// connection's commands are carried out in arrival order.
@@ -452,9 +475,9 @@ impl Chat<'_> {
         loop {
             match step {
                 Step::Done => return,
-                Step::Pace(chat) => return self.worker.pace(self.conn, &chat).await,
+                Step::Pace(chat) => return self.worker.pace(&self.conn, &chat).await,
                 Step::Call(mut call) => {
-                    let answer = self.worker.call(self.token, &mut call).await;
+                    let answer = self.worker.call(&self.token, &mut call).await;
                     step = self.worker.reply(self.slot, call, answer);
                 }
             }

@@ -30,11 +30,11 @@ struct Echo<'a> {
 }
 
 impl Handler for Echo<'_> {
-    fn seen(&mut self, _now: Instant) {}
+    fn seen(&self, _now: Instant) {}
     fn draining(&self) -> bool {
         false
     }
-    async fn message(&mut self, message: Message, _now: Instant) {
+    async fn message(&self, message: Message, _now: Instant) {
         self.outbox
             .push(&control_frame(message.opcode, &message.payload));
     }
@@ -72,8 +72,8 @@ async fn serve(stream: monoio::net::TcpStream, scratch: Rc<RefCell<Vec<u8>>>, li
         let outbox = outbox.clone();
         async move { outbox.run_writer(write_half).await }
     });
-    let mut echo = Echo { outbox: &outbox };
-    let end = read_loop(&mut input, &outbox, &scratch, limits, &mut echo).await;
+    let echo = Echo { outbox: &outbox };
+    let end = read_loop(&mut input, &outbox, &scratch, limits, &echo).await;
     if let End::Violation(code) = end {
         outbox.close(code);
     }

@@ -17,6 +17,8 @@
 use std::cell::{Cell, RefCell};
 use std::convert::Infallible;
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use fastwebsockets::{Frame, OpCode, Role, WebSocketError};
@@ -61,12 +63,12 @@ pub struct Limits {
 /// What the loop calls back into.
 pub(crate) trait Handler {
     /// Any frame arrived (liveness).
-    fn seen(&mut self, now: Instant);
+    fn seen(&self, now: Instant);
     /// Whether to stop reading because the worker drains.
     fn draining(&self) -> bool;
     /// A complete data message. The loop reads nothing more until this returns, so messages
     /// are handled in arrival order.
-    async fn message(&mut self, message: Message, now: Instant);
+    async fn message(&self, message: Message, now: Instant);
 }
 
 fn interrupted(outbox: &Outbox) -> End {
@@ -78,34 +80,69 @@ fn interrupted(outbox: &Outbox) -> End {
 }
 
 /// Reads and hands over messages until the connection ends.
-pub(crate) async fn read_loop<H: Handler>(
-    input: &mut Input,
-    outbox: &Outbox,
-    scratch: &RefCell<Vec<u8>>,
+///
+/// An `async` block over the arguments rather than an `async fn`, which would keep the
+/// arguments twice (as received and as moved into the body): every idle connection's task
+/// holds this future (measured: the steady-state future went from 256 to 208 bytes).
+#[allow(clippy::manual_async_fn)]
+pub(crate) fn read_loop<'a, H: Handler>(
+    input: &'a mut Input,
+    outbox: &'a Outbox,
+    scratch: &'a RefCell<Vec<u8>>,
     limits: Limits,
-    handler: &mut H,
-) -> End {
-    let mut assembler = MessageAssembler::new(limits.max_message_size, limits.max_fragments);
-    loop {
-        if handler.draining() && !input.has_staged() {
-            // Bytes already read are finished below; nothing more is read.
-            return End::Draining;
-        }
-        if !input.has_staged() {
-            let filled = monoio::select! {
-                r = input.fill(scratch) => r,
-                _ = outbox.interrupted() => return interrupted(outbox),
-            };
-            match filled {
-                Ok(true) => {}
-                Ok(false) | Err(_) => return End::Gone,
+    handler: &'a H,
+) -> impl Future<Output = End> + 'a {
+    async move {
+        // A fragmented message still open when a burst ends; boxed, and only then (the
+        // assembler is 72 bytes).
+        let mut open: Option<Box<MessageAssembler>> = None;
+        loop {
+            if handler.draining() && !input.has_staged() {
+                // Bytes already read are finished below; nothing more is read.
+                return End::Draining;
+            }
+            if !input.has_staged() {
+                match (Idle {
+                    input: &mut *input,
+                    scratch,
+                    outbox,
+                })
+                .await
+                {
+                    None => return interrupted(outbox),
+                    Some(Ok(true)) => {}
+                    Some(Ok(false) | Err(_)) => return End::Gone,
+                }
+            }
+            // Boxed: the parser and handler state exist only while there is input to handle.
+            let burst = Box::pin(burst(input, outbox, limits, &mut open, handler));
+            if let Some(end) = burst.await {
+                return end;
             }
         }
-        // Boxed: the parser and handler state exist only while there is input to handle.
-        let burst = Box::pin(burst(input, outbox, limits, &mut assembler, handler));
-        if let Some(end) = burst.await {
-            return end;
+    }
+}
+
+/// An idle connection's wait: input arrives (`Some`, as [`Input::fill`] reports it) or the
+/// outbox is closed or interrupted (`None`). A named future of 24 bytes where a `select!` of
+/// the two waits took more: it sits in every idle connection's task.
+struct Idle<'a> {
+    input: &'a mut Input,
+    scratch: &'a RefCell<Vec<u8>>,
+    outbox: &'a Outbox,
+}
+
+impl Future for Idle<'_> {
+    type Output = Option<std::io::Result<bool>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if Pin::new(&mut this.outbox.interrupted()).poll(cx).is_ready() {
+            return Poll::Ready(None);
         }
+        Pin::new(&mut this.input.fill(this.scratch))
+            .poll(cx)
+            .map(Some)
     }
 }
 
@@ -231,8 +268,27 @@ async fn burst<H: Handler>(
     input: &mut Input,
     outbox: &Outbox,
     limits: Limits,
+    open: &mut Option<Box<MessageAssembler>>,
+    handler: &H,
+) -> Option<End> {
+    let mut assembler = match open.take() {
+        Some(open) => *open,
+        None => MessageAssembler::new(limits.max_message_size, limits.max_fragments),
+    };
+    let end = frames(input, outbox, limits, &mut assembler, handler).await;
+    if end.is_none() && assembler.in_progress() {
+        *open = Some(Box::new(assembler));
+    }
+    end
+}
+
+/// The frames of one burst (see [`burst`]).
+async fn frames<H: Handler>(
+    input: &mut Input,
+    outbox: &Outbox,
+    limits: Limits,
     assembler: &mut MessageAssembler,
-    handler: &mut H,
+    handler: &H,
 ) -> Option<End> {
     let fed = Cell::new(0u64);
     let mut consumed = 0u64;

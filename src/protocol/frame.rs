@@ -160,6 +160,11 @@ impl MessageAssembler {
         }
     }
 
+    /// Whether a fragmented message is open (its first frame arrived, its last has not).
+    pub fn in_progress(&self) -> bool {
+        self.opcode.is_some()
+    }
+
     /// Feeds one data frame (text, binary or continuation); returns a message once complete.
     /// Control frames must not be passed here.
     pub fn push(&mut self, frame: Frame<'_>) -> Result<Option<Message>, FrameError> {
