@@ -15,7 +15,7 @@
 //! The read loop is the only place client frames are handled: one frame at a time, so a
 //! connection's `chat:message` and `chat:read` are processed in arrival order (each awaits its
 //! backend call before the next frame is read). Writes never happen here: everything goes
-//! into the connection's [`Outbox`], flushed by its writer task.
+//! into the connection's [`Outbox`], flushed by the worker's flusher.
 
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -160,15 +160,11 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
         return;
     };
     let (mut input, write_half) = split::split(stream, prefix);
-    let outbox = Rc::new(Outbox::new(worker.config().flow.max_outbox_bytes));
+    let outbox = Outbox::attached(worker.config().flow.max_outbox_bytes, write_half);
     // The 101 leaves through the outbox like every frame after it: when authentication
     // answers at once (fixture, embedded store), it goes out in one write with `connected`,
     // one send (and one TCP segment) per connection fewer.
     outbox.push(&accept);
-    monoio::spawn({
-        let outbox = outbox.clone();
-        async move { outbox.run_writer(write_half).await }
-    });
     let Some(token) = token.filter(|t| handshake::token_is_well_formed(t)) else {
         let missing = BackendError::TokenRejected("Missing token".into());
         reject(&worker, &outbox, missing, &path);

@@ -67,11 +67,7 @@ async fn serve(stream: monoio::net::TcpStream, scratch: Rc<RefCell<Vec<u8>>>, li
         return;
     }
     let (mut input, write_half) = split::split(stream, BytesMut::from(&buf[consumed..]));
-    let outbox = Rc::new(Outbox::new(limits.max_message_size.saturating_mul(4)));
-    monoio::spawn({
-        let outbox = outbox.clone();
-        async move { outbox.run_writer(write_half).await }
-    });
+    let outbox = Outbox::attached(limits.max_message_size.saturating_mul(4), write_half);
     let echo = Echo { outbox: &outbox };
     let end = read_loop(&mut input, &outbox, &scratch, limits, &echo).await;
     if let End::Violation(code) = end {

@@ -1,8 +1,11 @@
 //! A connection's outgoing bytes.
 //!
 //! Everything queued for a socket during one pass of the event loop leaves in one write: the
-//! writer task is woken once, runs after the tasks that queued, and takes the whole queue
-//! (uWebSockets' "cork"). Frames arrive already encoded (a room event is encoded once for all
+//! outbox joins its worker's flush list once, and the worker's one flusher task, which runs
+//! after the tasks that queued, takes the whole queue and writes it without waiting
+//! (uWebSockets' "cork"). Only what a socket cannot take at once is left to a writer task of
+//! that connection's own, which waits for the socket and hands it back once the queue is
+//! empty; an idle connection has no writer task. Frames arrive already encoded (a room event is encoded once for all
 //! its recipients). While a connection keeps up (less than one write chunk queued) a frame is
 //! copied into the queue's tail, a `memcpy`; once it is behind, further room events of 1 KiB
 //! or more are held by reference ([`Outbox::push_event`]), so a burst that many slow readers
@@ -27,12 +30,13 @@
 //! what is queued, then shuts the socket's write side) → done. Closing also wakes the reader,
 //! which stops reading; so does [`Outbox::interrupt`] (the drain), without closing. Abort
 //! ([`Outbox::abort`]) ends the writer even mid-write, for peers that never read. Each side
-//! has a single waker slot: exactly one writer task and one reader task wait here.
+//! has a single waker slot: at most one waiting writer task and one reader task wait here.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io::IoSlice;
+use std::rc::{Rc, Weak};
 use std::sync::OnceLock;
 use std::task::{Poll, Waker};
 use std::time::Instant;
@@ -173,6 +177,15 @@ pub struct Outbox {
     interrupted: Cell<bool>,
     aborted: Cell<bool>,
     writer_done: Cell<bool>,
+    /// Set while this outbox waits in its worker's flush list.
+    listed: Cell<bool>,
+    /// The socket's writing side while nobody writes to it: taken by the flusher for the
+    /// length of one write, or by a [`Outbox::write_slowly`] task until the backlog is out;
+    /// gone for good once the writer is done. `None` from the start without a socket.
+    socket: Cell<Option<WriteHalf>>,
+    /// This outbox, for the flush list (empty without a socket).
+    me: Weak<Outbox>,
+    /// The waiting writer's wake-up (a [`Outbox::write_slowly`] task; abort wakes it).
     writer: Cell<Option<Waker>>,
     reader: Cell<Option<Waker>>,
     /// Bytes the socket accepted (wrapping): the stall rule's progress counter.
@@ -214,8 +227,19 @@ impl Drop for Outbox {
 }
 
 impl Outbox {
-    /// A new, open outbox holding at most `cap` queued bytes.
+    /// A new, open outbox holding at most `cap` queued bytes, with no socket: its queue is
+    /// emptied by hand (tests, benchmarks).
     pub fn new(cap: usize) -> Self {
+        Self::with(cap, None, Weak::new())
+    }
+
+    /// A new, open outbox for `socket`, flushed by the worker's flusher. Must be called on a
+    /// monoio worker thread (the flusher is spawned there on first use).
+    pub fn attached(cap: usize, socket: WriteHalf) -> Rc<Self> {
+        Rc::new_cyclic(|me| Self::with(cap, Some(socket), me.clone()))
+    }
+
+    fn with(cap: usize, socket: Option<WriteHalf>, me: Weak<Outbox>) -> Self {
         Self {
             cap,
             queue: RefCell::default(),
@@ -223,6 +247,9 @@ impl Outbox {
             interrupted: Cell::new(false),
             aborted: Cell::new(false),
             writer_done: Cell::new(false),
+            listed: Cell::new(false),
+            socket: Cell::new(socket),
+            me,
             writer: Cell::new(None),
             reader: Cell::new(None),
             written: Cell::new(0),
@@ -352,6 +379,11 @@ impl Outbox {
     pub fn abort(&self) {
         self.closing.set(true);
         self.aborted.set(true);
+        if let Some(socket) = self.socket.take() {
+            // Nobody is writing: the writer is done now.
+            drop(socket);
+            self.writer_done.set(true);
+        }
         self.wake_writer();
         self.wake_reader();
     }
@@ -417,9 +449,23 @@ impl Outbox {
         out
     }
 
+    /// Something was queued (or the outbox closed): have it written. An outbox whose socket is
+    /// idle joins its worker's flush list, once per pass; one whose socket a waiting writer
+    /// holds is left to that writer, which looks at the queue again when its write is done;
+    /// a waiting writer is also woken, which matters only for abort.
     fn wake_writer(&self) {
         if let Some(w) = self.writer.take() {
             w.wake();
+        }
+        if self.listed.get() || self.writer_done.get() {
+            return;
+        }
+        let present = self.socket.take();
+        let idle = present.is_some();
+        self.socket.set(present);
+        if let (true, Some(me)) = (idle, self.me.upgrade()) {
+            self.listed.set(true);
+            flusher::list(me);
         }
     }
 
@@ -550,66 +596,167 @@ impl Outbox {
         }
     }
 
-    /// The writer task: sends queued bytes until closing and drained, a write fails, or abort.
-    pub async fn run_writer(&self, mut socket: WriteHalf) {
-        // What is being written: copied bytes (the common case: one buffer, one write) or,
-        // for a connection that fell behind, the held parts.
-        let mut spare = Vec::new();
-        loop {
-            poll_fn(|cx| {
-                if !self.queue.borrow().is_empty() || self.closing.get() {
-                    Poll::Ready(())
-                } else {
-                    self.writer.set(Some(cx.waker().clone()));
-                    Poll::Pending
-                }
-            })
-            .await;
-            if self.aborted.get() {
-                break;
-            }
-            let held = {
-                let mut queue = self.queue.borrow_mut();
-                self.in_flight.set(queue.len());
-                queue.seal_tail();
-                std::mem::swap(&mut queue.tail, &mut spare);
-                queue.held.take()
-            };
-            if self.in_flight.get() > 0 {
-                self.writing.set(true);
-                // Most writes complete at once: tried here without awaiting, they add no state
-                // to the task. Only a write the socket cannot take whole waits, in a boxed
-                // future, so that state is not part of every connection's writer task, idle or
-                // not (measured: the task's future went from 264 to 104 bytes).
-                let written = match self.write_now(&mut socket, &spare) {
-                    Err(_) => false,
-                    Ok(n) if n == spare.len() && held.is_none() => true,
-                    Ok(n) => Box::pin(self.write_rest(&mut socket, &spare[n..], held)).await,
-                };
+    /// Takes the whole queue for one write: the copied bytes and any held parts. Counts them
+    /// as in flight.
+    fn take_queue(&self) -> (Vec<u8>, Option<Box<Held>>) {
+        let mut queue = self.queue.borrow_mut();
+        self.in_flight.set(queue.len());
+        queue.seal_tail();
+        let held = queue.held.take();
+        (std::mem::take(&mut queue.tail), held)
+    }
+
+    /// The writer failed or was aborted with `socket` in hand: what was not written leaves
+    /// the budget, the outbox accepts nothing more, and the reader is told (the peer is gone
+    /// or never reads). The socket is dropped.
+    fn fail(&self, socket: WriteHalf) {
+        drop(socket);
+        queued_sub(self.in_flight.replace(0));
+        queued_sub(self.queue.borrow_mut().clear());
+        self.closing.set(true);
+        self.writer_done.set(true);
+        self.wake_reader();
+    }
+
+    /// Written everything, with `socket` in hand: once closing, shut the write side and end;
+    /// otherwise give the socket back for the next flush.
+    fn idle(&self, mut socket: WriteHalf) {
+        if self.closing.get() {
+            let mut cx = std::task::Context::from_waker(Waker::noop());
+            // `shutdown(SHUT_WR)` is one system call that never waits.
+            let _ = std::pin::Pin::new(&mut socket).poll_shutdown(&mut cx);
+            drop(socket);
+            self.writer_done.set(true);
+        } else {
+            self.socket.set(Some(socket));
+        }
+    }
+
+    /// One flush by the worker's flusher: writes what is queued without waiting. What the
+    /// socket cannot take now is left to a task of its own ([`Outbox::write_slowly`]), so an
+    /// idle connection has no writer task at all.
+    fn flush(&self) {
+        self.listed.set(false);
+        let Some(mut socket) = self.socket.take() else {
+            return; // a waiting writer has it, or the writer is done
+        };
+        if self.aborted.get() {
+            return self.fail(socket);
+        }
+        if self.queue.borrow().is_empty() {
+            return self.idle(socket);
+        }
+        let (data, held) = self.take_queue();
+        self.writing.set(true);
+        match self.write_now(&mut socket, &data) {
+            Err(_) => {
                 self.writing.set(false);
-                if !written {
-                    // What was not written leaves the budget with these buffers.
-                    queued_sub(self.in_flight.replace(0));
-                    // The peer is gone (or never reads): stop accepting frames and let the
-                    // reader finish.
-                    self.closing.set(true);
-                    self.wake_reader();
-                    break;
-                }
-                spare.clear();
-                let mut queued = self.queue.borrow_mut();
-                if queued.is_empty() {
-                    // Going idle: keep no buffers (idle connections must stay small).
-                    spare = Vec::new();
-                    *queued = Queue::default();
-                }
+                self.fail(socket);
             }
-            if self.closing.get() && self.queue.borrow().is_empty() {
-                let _ = socket.shutdown().await;
-                break;
+            Ok(n) if n == data.len() && held.is_none() => {
+                self.writing.set(false);
+                // Going idle keeps no buffer: `data` is freed here.
+                self.idle(socket);
+            }
+            Ok(n) => {
+                let Some(me) = self.me.upgrade() else {
+                    return self.fail(socket);
+                };
+                monoio::spawn(async move { me.write_slowly(socket, data, n, held).await });
             }
         }
-        self.writer_done.set(true);
+    }
+
+    /// A connection the socket could not take whole: writes the rest of `data` from `done`,
+    /// then `held`, waiting for the socket as needed, then whatever was queued meanwhile, and
+    /// hands the socket back to the flusher once the queue is empty. Ends early on failure or
+    /// abort.
+    async fn write_slowly(
+        &self,
+        mut socket: WriteHalf,
+        mut data: Vec<u8>,
+        mut done: usize,
+        mut held: Option<Box<Held>>,
+    ) {
+        loop {
+            let written = self.write_rest(&mut socket, &data[done..], held).await;
+            self.writing.set(false);
+            if !written || self.aborted.get() {
+                return self.fail(socket);
+            }
+            if self.queue.borrow().is_empty() {
+                drop(data);
+                return self.idle(socket);
+            }
+            (data, held) = self.take_queue();
+            self.writing.set(true);
+            done = match self.write_now(&mut socket, &data) {
+                Ok(n) => n,
+                Err(_) => {
+                    self.writing.set(false);
+                    return self.fail(socket);
+                }
+            };
+        }
+    }
+}
+
+/// The worker's flusher: one task per worker thread that writes every outbox that received
+/// frames, once per pass of the event loop, after the tasks that queued them ran (uWebSockets'
+/// "cork"). One task for all connections instead of a writer task per connection: an idle
+/// connection keeps no task for writing (measured: 144 bytes each), and a pass that
+/// reaches 32 sockets wakes one task, not 32.
+mod flusher {
+    use std::cell::{Cell, RefCell};
+    use std::future::poll_fn;
+    use std::rc::Rc;
+    use std::task::{Poll, Waker};
+
+    use super::Outbox;
+
+    #[derive(Default)]
+    struct Flusher {
+        /// Outboxes to write, in the order they were first queued to in this pass.
+        listed: RefCell<Vec<Rc<Outbox>>>,
+        waker: Cell<Option<Waker>>,
+        spawned: Cell<bool>,
+    }
+
+    thread_local! {
+        static FLUSHER: Flusher = Flusher::default();
+    }
+
+    /// Lists `outbox` for the next flush (the caller lists each outbox once per flush).
+    pub(super) fn list(outbox: Rc<Outbox>) {
+        FLUSHER.with(|f| {
+            f.listed.borrow_mut().push(outbox);
+            if let Some(w) = f.waker.take() {
+                w.wake();
+            } else if !f.spawned.replace(true) {
+                monoio::spawn(run());
+            }
+        })
+    }
+
+    async fn run() {
+        let mut batch = Vec::new();
+        loop {
+            poll_fn(|cx| {
+                FLUSHER.with(|f| {
+                    if f.listed.borrow().is_empty() {
+                        f.waker.set(Some(cx.waker().clone()));
+                        Poll::Pending
+                    } else {
+                        Poll::Ready(())
+                    }
+                })
+            })
+            .await;
+            FLUSHER.with(|f| std::mem::swap(&mut *f.listed.borrow_mut(), &mut batch));
+            for outbox in batch.drain(..) {
+                outbox.flush();
+            }
+        }
     }
 }
 

@@ -1,5 +1,5 @@
 //! The two sides of one socket: [`Input`] for the connection's reader, [`WriteHalf`] for its
-//! writer task.
+//! outbox (written by the worker's flusher, or by a writer task while the socket is full).
 //!
 //! Both live on one worker thread and are polled one at a time, so a `RefCell` suffices: a
 //! borrow lasts one `poll_*` call. [`Input`] keeps idle connections cheap: it waits for data
