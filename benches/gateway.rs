@@ -7,16 +7,21 @@
 //! - `fan_out_1000`: one encoded room event delivered to 1,000 local connections (room lookup +
 //!   append to each connection's outbox), the per-event work of a worker;
 //! - `outbox_push`: queueing one frame in an outbox, copied while the connection keeps up and
-//!   held by reference once it is a write chunk behind (the two rules of `Outbox::push_event`).
+//!   held by reference once it is a write chunk behind (the two rules of `Outbox::push_event`);
+//! - `write_path_32_frames` (with a socket): 32 frames queued for one loopback TCP socket and
+//!   written as the worker's flusher writes them (one write for the pass), next to the same
+//!   frames written one `write` each. The peer is a thread that reads everything; the kernel's
+//!   loopback work is included, as it is for the server (most of a delivery's cost).
 //!
 //! Run: `cargo bench --bench gateway`. Results and their context are in BENCHMARKS.md.
 
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use socket_server::core::room::Rooms;
 use socket_server::net::outbox::{Class, Outbox, WRITE_CHUNK};
+use socket_server::net::split;
 use socket_server::protocol::{inbound, ChatMessage, Outbound};
 
 const CLIENT_MESSAGE: &[u8] = br#"{"type":"chat:message","payload":{"chatId":"c0","content":"hello from the benchmark, round 17","clientMessageId":"k-123456"}}"#;
@@ -153,5 +158,102 @@ fn outbox_push(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, envelope_parse, frame_encode, fan_out, outbox_push);
+/// A connected loopback pair: the server side as the worker holds it (poll-io), the peer a
+/// thread that reads until EOF (not joined: monoio closes a socket only when its runtime runs
+/// again).
+async fn loopback_pair() -> monoio::net::tcp::stream_poll::TcpStreamPoll {
+    let listener = monoio::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let addr = listener.local_addr().expect("local addr");
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut s = std::net::TcpStream::connect(addr).expect("connect loopback");
+        let mut buf = vec![0u8; 256 * 1024];
+        while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+    });
+    let (stream, _) = listener.accept().await.expect("accept");
+    let _ = stream.set_nodelay(true);
+    stream
+        .try_into_poll_io()
+        .map_err(|(e, _)| e)
+        .expect("poll io")
+}
+
+/// Writes `data` to `socket` without waiting, as the server's writes are made; when the socket
+/// is full, gives the runtime a moment (the reader thread drains it).
+async fn write_all_now(socket: &mut split::WriteHalf, mut data: &[u8]) {
+    use tokio::io::AsyncWrite;
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    while !data.is_empty() {
+        match std::pin::Pin::new(&mut *socket).poll_write(&mut cx, data) {
+            std::task::Poll::Ready(Ok(n)) => data = &data[n..],
+            std::task::Poll::Ready(Err(e)) => panic!("loopback write: {e}"),
+            std::task::Poll::Pending => {
+                monoio::time::sleep(std::time::Duration::from_micros(20)).await
+            }
+        }
+    }
+}
+
+fn write_path(c: &mut Criterion) {
+    const FRAMES: usize = 32;
+    let mut g = c.benchmark_group("write_path_32_frames");
+    g.throughput(Throughput::Elements(FRAMES as u64));
+    let frame = Outbound::ChatMessage {
+        chat_id: "c0",
+        message: &message(),
+    }
+    .to_frame();
+    let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .build()
+        .expect("monoio runtime");
+    g.bench_function("outbox_flush", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let stream = loopback_pair().await;
+                let (_input, write_half) = split::split(stream, BytesMut::new());
+                let outbox = Outbox::attached(64 << 20, write_half);
+                let start = std::time::Instant::now();
+                for _ in 0..iters {
+                    for _ in 0..FRAMES {
+                        outbox.push(&frame);
+                    }
+                    outbox.flush_for_bench();
+                    // A socket that could not take it all: its writer task finishes the write.
+                    while outbox.queued() > 0 {
+                        monoio::time::sleep(std::time::Duration::from_micros(20)).await;
+                    }
+                }
+                let took = start.elapsed();
+                outbox.abort();
+                took
+            })
+        })
+    });
+    g.bench_function("one_write_per_frame", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let stream = loopback_pair().await;
+                let (_input, mut write_half) = split::split(stream, BytesMut::new());
+                let start = std::time::Instant::now();
+                for _ in 0..iters {
+                    for _ in 0..FRAMES {
+                        write_all_now(&mut write_half, &frame).await;
+                    }
+                }
+                start.elapsed()
+            })
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    envelope_parse,
+    frame_encode,
+    fan_out,
+    outbox_push,
+    write_path
+);
 criterion_main!(benches);

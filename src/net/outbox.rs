@@ -632,6 +632,13 @@ impl Outbox {
         }
     }
 
+    /// What the flusher does for this outbox, called directly (benchmarks time the write path
+    /// without the scheduler around it).
+    #[doc(hidden)]
+    pub fn flush_for_bench(&self) {
+        self.flush()
+    }
+
     /// One flush by the worker's flusher: writes what is queued without waiting. What the
     /// socket cannot take now is left to a task of its own ([`Outbox::write_slowly`]), so an
     /// idle connection has no writer task at all.
