@@ -1,7 +1,7 @@
 //! A connection's outgoing bytes.
 //!
 //! Everything queued for a socket during one pass of the event loop leaves in one write: the
-//! outbox joins its worker's flush list once, and the worker's one flusher task, which runs
+//! outbox joins its worker's flush list once, and one flush task for the pass, which runs
 //! after the tasks that queued, takes the whole queue and writes it without waiting
 //! (uWebSockets' "cork"). Only what a socket cannot take at once is left to a writer task of
 //! that connection's own, which waits for the socket and hands it back once the queue is
@@ -639,7 +639,7 @@ impl Outbox {
         self.flush()
     }
 
-    /// One flush by the worker's flusher: writes what is queued without waiting. What the
+    /// One flush by a flush pass of the worker: writes what is queued without waiting. What the
     /// socket cannot take now is left to a task of its own ([`Outbox::write_slowly`]), so an
     /// idle connection has no writer task at all.
     fn flush(&self) {
@@ -708,16 +708,16 @@ impl Outbox {
     }
 }
 
-/// The worker's flusher: one task per worker thread that writes every outbox that received
-/// frames, once per pass of the event loop, after the tasks that queued them ran (uWebSockets'
-/// "cork"). One task for all connections instead of a writer task per connection: an idle
-/// connection keeps no task for writing (measured: 144 bytes each), and a pass that
-/// reaches 32 sockets wakes one task, not 32.
+/// The worker's flusher: writes every outbox that received frames, once per pass of the event
+/// loop, after the tasks that queued them ran (uWebSockets' "cork"). A pass is one short task,
+/// spawned when the first outbox is listed, instead of a writer task per connection: an idle
+/// connection keeps no task for writing (measured: 144 bytes each), and a pass that reaches 32
+/// sockets runs one task, not 32. A pass task belongs to the runtime that runs it, so nothing
+/// outlives a runtime on its thread (a long-lived flusher would: its waker, kept here, keeps
+/// its task alive after its runtime is gone).
 mod flusher {
     use std::cell::{Cell, RefCell};
-    use std::future::poll_fn;
     use std::rc::Rc;
-    use std::task::{Poll, Waker};
 
     use super::Outbox;
 
@@ -725,45 +725,47 @@ mod flusher {
     struct Flusher {
         /// Outboxes to write, in the order they were first queued to in this pass.
         listed: RefCell<Vec<Rc<Outbox>>>,
-        waker: Cell<Option<Waker>>,
-        spawned: Cell<bool>,
+        /// Whether a pass task is spawned and has not taken the list yet.
+        pending: Cell<bool>,
     }
 
     thread_local! {
         static FLUSHER: Flusher = Flusher::default();
     }
 
-    /// Lists `outbox` for the next flush (the caller lists each outbox once per flush).
+    /// Clears `pending` however the pass ends, run or dropped unrun with its runtime.
+    struct Pending;
+
+    impl Drop for Pending {
+        fn drop(&mut self) {
+            // `try_with`: the thread's locals may already be gone at thread exit.
+            let _ = FLUSHER.try_with(|f| f.pending.set(false));
+        }
+    }
+
+    /// Lists `outbox` for the next pass (the caller lists each outbox once per pass).
     pub(super) fn list(outbox: Rc<Outbox>) {
         FLUSHER.with(|f| {
             f.listed.borrow_mut().push(outbox);
-            if let Some(w) = f.waker.take() {
-                w.wake();
-            } else if !f.spawned.replace(true) {
-                monoio::spawn(run());
+            if !f.pending.replace(true) {
+                let pending = Pending;
+                monoio::spawn(async move {
+                    let mut batch = FLUSHER.with(|f| std::mem::take(&mut *f.listed.borrow_mut()));
+                    // From here on, a new listing needs a new pass.
+                    drop(pending);
+                    for outbox in batch.drain(..) {
+                        outbox.flush();
+                    }
+                    // Keep the list's allocation for the next pass.
+                    FLUSHER.with(|f| {
+                        let mut listed = f.listed.borrow_mut();
+                        if listed.is_empty() {
+                            *listed = batch;
+                        }
+                    });
+                });
             }
         })
-    }
-
-    async fn run() {
-        let mut batch = Vec::new();
-        loop {
-            poll_fn(|cx| {
-                FLUSHER.with(|f| {
-                    if f.listed.borrow().is_empty() {
-                        f.waker.set(Some(cx.waker().clone()));
-                        Poll::Pending
-                    } else {
-                        Poll::Ready(())
-                    }
-                })
-            })
-            .await;
-            FLUSHER.with(|f| std::mem::swap(&mut *f.listed.borrow_mut(), &mut batch));
-            for outbox in batch.drain(..) {
-                outbox.flush();
-            }
-        }
     }
 }
 
@@ -904,5 +906,59 @@ mod tests {
         o.close(CloseCode::AuthFailed);
         assert!(!o.push(b"x"));
         assert_eq!(o.take_for_bench(), close_frame(CloseCode::Normal).to_vec());
+    }
+
+    /// One runtime's flusher writes an attached outbox's frames to a real loopback socket,
+    /// and closing shuts the write side (the peer reads EOF after the close frame).
+    fn flush_once_in_a_runtime(payload: &[u8]) -> Vec<u8> {
+        use std::io::Read;
+        let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("runtime");
+        let (outbox, mut peer) = rt.block_on(async {
+            let listener = monoio::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            // A loopback connect completes from the listen backlog, before the accept.
+            let peer = std::net::TcpStream::connect(listener.local_addr().expect("addr"))
+                .expect("connect");
+            let (stream, _) = listener.accept().await.expect("accept");
+            let stream = stream
+                .try_into_poll_io()
+                .map_err(|(e, _)| e)
+                .expect("poll io");
+            let (input, write_half) = super::super::split::split(stream, Default::default());
+            let outbox = Outbox::attached(1 << 20, write_half);
+            assert!(outbox.push(payload));
+            outbox.close(CloseCode::Normal);
+            for _ in 0..2000 {
+                if outbox.writer_done() {
+                    break;
+                }
+                monoio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            assert!(
+                outbox.writer_done(),
+                "the flusher wrote and shut the socket within 2 s"
+            );
+            drop(input);
+            (outbox, peer)
+        });
+        drop(outbox);
+        drop(rt);
+        peer.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .expect("timeout");
+        let mut got = Vec::new();
+        peer.read_to_end(&mut got).expect("read to EOF");
+        got
+    }
+
+    #[test]
+    fn each_runtime_on_a_thread_gets_a_flusher_of_its_own() {
+        let close = close_frame(CloseCode::Normal);
+        for payload in [&b"first runtime"[..], b"second runtime"] {
+            let got = flush_once_in_a_runtime(payload);
+            assert_eq!(&got[..payload.len()], payload);
+            assert_eq!(&got[payload.len()..], &close[..]);
+        }
     }
 }
