@@ -596,14 +596,27 @@ impl Outbox {
         }
     }
 
-    /// Takes the whole queue for one write: the copied bytes and any held parts. Counts them
-    /// as in flight.
-    fn take_queue(&self) -> (Vec<u8>, Option<Box<Held>>) {
-        let mut queue = self.queue.borrow_mut();
-        self.in_flight.set(queue.len());
-        queue.seal_tail();
-        let held = queue.held.take();
-        (std::mem::take(&mut queue.tail), held)
+    /// Takes the whole queue (the copied bytes and any held parts, counted as in flight) and
+    /// writes what the socket takes of the copied bytes now. `Ok` gives the bytes, how many
+    /// were written, and the held parts; `writing` stays set unless everything was written.
+    fn write_queue_now(
+        &self,
+        socket: &mut WriteHalf,
+    ) -> std::io::Result<(Vec<u8>, usize, Option<Box<Held>>)> {
+        let (data, held) = {
+            let mut queue = self.queue.borrow_mut();
+            self.in_flight.set(queue.len());
+            queue.seal_tail();
+            let held = queue.held.take();
+            (std::mem::take(&mut queue.tail), held)
+        };
+        self.writing.set(true);
+        let written = self.write_now(socket, &data);
+        let done = matches!(written, Ok(n) if n == data.len() && held.is_none());
+        if written.is_err() || done {
+            self.writing.set(false);
+        }
+        Ok((data, written?, held))
     }
 
     /// The writer failed or was aborted with `socket` in hand: what was not written leaves
@@ -653,19 +666,11 @@ impl Outbox {
         if self.queue.borrow().is_empty() {
             return self.idle(socket);
         }
-        let (data, held) = self.take_queue();
-        self.writing.set(true);
-        match self.write_now(&mut socket, &data) {
-            Err(_) => {
-                self.writing.set(false);
-                self.fail(socket);
-            }
-            Ok(n) if n == data.len() && held.is_none() => {
-                self.writing.set(false);
-                // Going idle keeps no buffer: `data` is freed here.
-                self.idle(socket);
-            }
-            Ok(n) => {
+        match self.write_queue_now(&mut socket) {
+            Err(_) => self.fail(socket),
+            // Going idle keeps no buffer: `data` is freed here.
+            Ok((data, n, None)) if n == data.len() => self.idle(socket),
+            Ok((data, n, held)) => {
                 let Some(me) = self.me.upgrade() else {
                     return self.fail(socket);
                 };
@@ -695,15 +700,10 @@ impl Outbox {
                 drop(data);
                 return self.idle(socket);
             }
-            (data, held) = self.take_queue();
-            self.writing.set(true);
-            done = match self.write_now(&mut socket, &data) {
-                Ok(n) => n,
-                Err(_) => {
-                    self.writing.set(false);
-                    return self.fail(socket);
-                }
-            };
+            match self.write_queue_now(&mut socket) {
+                Ok(next) => (data, done, held) = next,
+                Err(_) => return self.fail(socket),
+            }
         }
     }
 }

@@ -123,7 +123,7 @@ pub(crate) fn read_loop<'a, H: Handler>(
     }
 }
 
-/// An idle connection's wait: input arrives (`Some`, as [`Input::fill`] reports it) or the
+/// An idle connection's wait: input arrives (`Some`, as [`Input::poll_fill`] reports it) or the
 /// outbox is closed or interrupted (`None`). A named future of 24 bytes where a `select!` of
 /// the two waits took more: it sits in every idle connection's task.
 struct Idle<'a> {
@@ -140,9 +140,7 @@ impl Future for Idle<'_> {
         if Pin::new(&mut this.outbox.interrupted()).poll(cx).is_ready() {
             return Poll::Ready(None);
         }
-        Pin::new(&mut this.input.fill(this.scratch))
-            .poll(cx)
-            .map(Some)
+        this.input.poll_fill(cx, this.scratch).map(Some)
     }
 }
 

@@ -9,7 +9,7 @@
 //! parser, so the connection knows when the parser holds no partial frame and can be dropped.
 //!
 //! Guarantees: `staging` is freed as soon as the parser has taken all of it; [`Feed`] counts
-//! exactly the bytes it hands over; [`Input::fill`] reports EOF as `Ok(false)`.
+//! exactly the bytes it hands over; [`Input::poll_fill`] reports EOF as `Ok(false)`.
 //! Not guaranteed / not here: the halves are `!Send` (`Rc`) and stay on the worker that split
 //! them; framing, limits and timeouts are the reader's.
 
@@ -56,35 +56,22 @@ impl Input {
         !self.staging.is_empty()
     }
 
-    /// Waits until the socket has data and stages it, reading through `scratch` (a buffer
-    /// shared by the worker's connections; borrowed only inside one poll). `Ok(false)` on EOF.
-    pub fn fill<'a>(&'a mut self, scratch: &'a RefCell<Vec<u8>>) -> Fill<'a> {
-        Fill {
-            input: self,
-            scratch,
-        }
-    }
-}
-
-/// The wait of [`Input::fill`]. A named future (16 bytes) rather than an `async fn` (48): it
-/// sits in every idle connection's task.
-pub struct Fill<'a> {
-    input: &'a mut Input,
-    scratch: &'a RefCell<Vec<u8>>,
-}
-
-impl std::future::Future for Fill<'_> {
-    type Output = io::Result<bool>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
-        let this = &mut *self;
-        let mut scratch = this.scratch.borrow_mut();
+    /// Stages whatever the socket has, reading through `scratch` (a buffer shared by the
+    /// worker's connections; borrowed only for this call); `Pending` (with `cx` registered)
+    /// while it has nothing. `Ok(false)` on EOF. The reader's idle wait polls this directly, so
+    /// an idle connection's task holds no future of its own for it.
+    pub fn poll_fill(
+        &mut self,
+        cx: &mut Context<'_>,
+        scratch: &RefCell<Vec<u8>>,
+    ) -> Poll<io::Result<bool>> {
+        let mut scratch = scratch.borrow_mut();
         let mut buf = ReadBuf::new(&mut scratch[..]);
-        let mut s = this.input.stream.borrow_mut();
+        let mut s = self.stream.borrow_mut();
         match Pin::new(&mut *s).poll_read(cx, &mut buf) {
             Poll::Ready(Ok(())) => {
                 let got = buf.filled();
-                this.input.staging.extend_from_slice(got);
+                self.staging.extend_from_slice(got);
                 Poll::Ready(Ok(!got.is_empty()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),

@@ -208,7 +208,7 @@ pub struct Worker {
     pub shared: Arc<Shared>,
     /// The chat rules: connections, rooms, typing, presence, sessions.
     hub: RefCell<Hub<Rc<Conn>>>,
-    /// Where idle connections read into, one poll at a time (see `split::Input::fill`).
+    /// Where idle connections read into, one poll at a time (see `split::Input::poll_fill`).
     pub read_scratch: RefCell<Vec<u8>>,
     /// Fired when the drain starts: stop accepting and reading.
     pub stop: Signal,
