@@ -220,6 +220,11 @@ impl<T> Member<T> {
     pub fn seen(&mut self, now: Instant) {
         self.session.seen(now);
     }
+
+    /// Whether this sender may be paused for `pause_ms` now; see [`Session::take_pause`].
+    pub fn take_pause(&mut self, now_ms: u32, pause_ms: u32, window_ms: u32) -> bool {
+        self.session.take_pause(now_ms, pause_ms, window_ms)
+    }
 }
 
 /// The chat rules of one worker; `T` is the shell's per-connection handle.
@@ -279,6 +284,11 @@ impl<T> Hub<T> {
     /// One connection.
     pub fn get(&self, conn: usize) -> Option<&Member<T>> {
         self.conns.get(conn)
+    }
+
+    /// One connection, to update.
+    pub fn get_mut(&mut self, conn: usize) -> Option<&mut Member<T>> {
+        self.conns.get_mut(conn)
     }
 
     /// Every connection.

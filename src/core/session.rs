@@ -16,6 +16,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::pressure::PaceBudget;
 use super::rate::{Admission, RateLimit, RateRule};
 use crate::protocol::Command;
 
@@ -63,6 +64,8 @@ pub struct Session {
     /// predates them, so they are applied on top of it. Boxed: 8 bytes per idle connection
     /// instead of 24, for a list that exists only while a re-fetch is out.
     since_refetch: Option<Box<ApiChanges>>,
+    /// How much of the current stall window publisher back-pressure paused this sender.
+    paced: PaceBudget,
 }
 
 /// The change in chat membership after a re-fetch.
@@ -96,6 +99,7 @@ impl Session {
             last_refetch: None,
             last_seen: now,
             since_refetch: None,
+            paced: PaceBudget::default(),
         }
     }
 
@@ -205,6 +209,13 @@ impl Session {
     /// Applies the rate limit to one client message arriving at `now`.
     pub fn admit(&mut self, now: Instant, rules: &Rules) -> Admission {
         self.rate.admit(rules.rate, now)
+    }
+
+    /// Whether this sender may be paused for `pause_ms` now (`core::pressure`): at most a
+    /// quarter of any `window_ms` window; counts the pause if so. Milliseconds on the
+    /// caller's wrapping clock.
+    pub fn take_pause(&mut self, now_ms: u32, pause_ms: u32, window_ms: u32) -> bool {
+        self.paced.take(now_ms, pause_ms, window_ms)
     }
 
     /// Records activity from the client (any frame, including pongs).

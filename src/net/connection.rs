@@ -31,7 +31,7 @@ use super::handshake::{self, Request, MAX_HEAD};
 use super::outbox::Outbox;
 use super::reader::{finish, linger, read_loop, End, Handler, Limits};
 use super::split::{self, Input};
-use super::worker::{Conn, Refused, TaskGuard, Worker};
+use super::worker::{Refused, TaskGuard, Worker};
 use crate::backend::{BackendError, Profile};
 use crate::core::hub::Step;
 use crate::core::session::User;
@@ -189,7 +189,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
         worker.shared.metrics.closed(CloseCode::GoingAway);
         return linger(&mut input, &outbox).await;
     }
-    let (conn, slot, user, chats) = open_session(&worker, outbox, profile, chats);
+    let (slot, user, chats) = open_session(&worker, outbox.clone(), profile, chats);
     tracing::info!(
         user_id = %user.id,
         chat_count = chats.len(),
@@ -199,7 +199,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
         auth_ms = started.elapsed().as_secs_f64() * 1e3,
         "User connected"
     );
-    monoio::spawn(steady(worker, conn, slot, token, input, live));
+    monoio::spawn(steady(worker, outbox, slot, token, input, live));
 }
 
 /// Admission (the connection caps) and the switch to readiness I/O; a refused socket is
@@ -295,7 +295,7 @@ fn open_session(
     outbox: Rc<Outbox>,
     profile: Profile,
     chats: Vec<String>,
-) -> (Rc<Conn>, usize, User, Vec<Arc<str>>) {
+) -> (usize, User, Vec<Arc<str>>) {
     let chats: Vec<Arc<str>> = chats.into_iter().map(Arc::from).collect();
     let name = if profile.name.is_empty() {
         profile.user_id.clone()
@@ -306,12 +306,8 @@ fn open_session(
         id: profile.user_id.into(),
         name: name.into(),
     };
-    let conn = Rc::new(Conn {
-        outbox,
-        paced: Default::default(),
-    });
-    let slot = worker.open(user.clone(), chats.clone(), conn.clone());
-    (conn, slot, user, chats)
+    let slot = worker.open(user.clone(), chats.clone(), outbox);
+    (slot, user, chats)
 }
 
 /// The steady state of an authenticated connection: the read loop, then the close.
@@ -324,7 +320,7 @@ fn open_session(
 /// wait, 208 with this block, `read_loop`'s and the close moved into a boxed future.
 fn steady(
     worker: Rc<Worker>,
-    conn: Rc<Conn>,
+    outbox: Rc<Outbox>,
     slot: usize,
     token: String,
     mut input: Input,
@@ -332,7 +328,7 @@ fn steady(
 ) -> impl std::future::Future<Output = ()> {
     let chat = Chat {
         worker,
-        conn,
+        outbox,
         slot,
         token: token.into_boxed_str(),
     };
@@ -341,7 +337,7 @@ fn steady(
     async move {
         let end = read_loop(
             &mut input,
-            &chat.conn.outbox,
+            &chat.outbox,
             &chat.worker.read_scratch,
             limits(&chat.worker),
             &chat,
@@ -357,11 +353,11 @@ fn steady(
 /// calls for, unregistration, then the close handshake.
 async fn close(chat: &Chat, input: &mut Input, end: End) {
     let slot = chat.slot;
-    let (worker, conn) = (&chat.worker, &chat.conn);
+    let (worker, outbox) = (&chat.worker, &chat.outbox);
     match end {
         End::Violation(code) => {
             worker.shared.metrics.closed(code);
-            conn.outbox.close(code);
+            outbox.close(code);
         }
         End::Draining => {
             // Still registered, so the worker's drain sends SERVER_SHUTDOWN + 1001 here once
@@ -369,9 +365,9 @@ async fn close(chat: &Chat, input: &mut Input, end: End) {
             worker.park();
             let cfg = worker.config();
             let patience = cfg.drain.wait + cfg.drain.window + Duration::from_secs(1);
-            let _ = monoio::time::timeout(patience, conn.outbox.closed()).await;
+            let _ = monoio::time::timeout(patience, outbox.closed()).await;
         }
-        End::Gone => conn.outbox.close(CloseCode::Normal),
+        End::Gone => outbox.close(CloseCode::Normal),
         End::ClientClosed | End::Closed => {}
     }
     if let Some(user) = worker.user_of(slot) {
@@ -380,10 +376,10 @@ async fn close(chat: &Chat, input: &mut Input, end: End) {
     worker.close(slot);
     // Both end by aborting the writer, so the socket is released even if the peer never reads.
     if matches!(end, End::Gone | End::ClientClosed) {
-        conn.outbox.close(CloseCode::Normal);
-        finish(&conn.outbox).await;
+        outbox.close(CloseCode::Normal);
+        finish(outbox).await;
     } else {
-        linger(input, &conn.outbox).await;
+        linger(input, outbox).await;
     }
 }
 
@@ -422,7 +418,7 @@ fn limits(worker: &Worker) -> Limits {
 /// The chat side of the frame loop: liveness, drain, and one complete message at a time.
 struct Chat {
     worker: Rc<Worker>,
-    conn: Rc<Conn>,
+    outbox: Rc<Outbox>,
     slot: usize,
     token: Box<str>,
 }
@@ -471,7 +467,7 @@ impl Chat {
         loop {
             match step {
                 Step::Done => return,
-                Step::Pace(chat) => return self.worker.pace(&self.conn, &chat).await,
+                Step::Pace(chat) => return self.worker.pace(self.slot, &chat).await,
                 Step::Call(mut call) => {
                     let answer = self.worker.call(&self.token, &mut call).await;
                     step = self.worker.reply(self.slot, call, answer);

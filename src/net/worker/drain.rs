@@ -12,7 +12,7 @@ impl Worker {
         let cfg = self.config();
         let deadline = Instant::now() + cfg.drain.wait;
         for (_, m) in self.hub.borrow().iter() {
-            m.io.outbox.interrupt();
+            m.io.interrupt();
         }
         // Every connection finishes what it already read (answers, deliveries, backend calls)
         // and parks; then nobody can start new work.
@@ -51,9 +51,9 @@ impl Worker {
             let hub = self.hub.borrow();
             for slot in batch {
                 if let Some(m) = hub.get(*slot) {
-                    m.io.outbox.push(&notice);
+                    m.io.push(&notice);
                     self.shared.metrics.closed(CloseCode::GoingAway);
-                    m.io.outbox.close(CloseCode::GoingAway);
+                    m.io.close(CloseCode::GoingAway);
                 }
             }
         }

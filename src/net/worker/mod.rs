@@ -42,7 +42,7 @@ use crate::broker::{
 use crate::config::Settings;
 use crate::config::CLOSE_GRACE;
 use crate::core::hub::{Answer, Call, Effect, Failure, Hub, HubConfig, Step};
-use crate::core::pressure::{PaceBudget, Pressure};
+use crate::core::pressure::Pressure;
 use crate::core::session::User;
 use crate::core::stall::Look;
 use crate::metrics::{call, Metrics, WorkerMetrics};
@@ -192,14 +192,6 @@ impl Shared {
     }
 }
 
-/// One authenticated connection, shared by its task and the worker's hub.
-pub struct Conn {
-    /// Outgoing bytes.
-    pub outbox: Rc<Outbox>,
-    /// How much of the current stall window publisher back-pressure paused this sender.
-    pub paced: Cell<PaceBudget>,
-}
-
 /// A worker's state. Lives on its thread only.
 pub struct Worker {
     /// Worker index.
@@ -207,7 +199,7 @@ pub struct Worker {
     /// Process-wide state.
     pub shared: Arc<Shared>,
     /// The chat rules: connections, rooms, typing, presence, sessions.
-    hub: RefCell<Hub<Rc<Conn>>>,
+    hub: RefCell<Hub<Rc<Outbox>>>,
     /// Where idle connections read into, one poll at a time (see `split::Input::poll_fill`).
     pub read_scratch: RefCell<Vec<u8>>,
     /// Fired when the drain starts: stop accepting and reading.
@@ -354,7 +346,7 @@ impl Worker {
     }
 
     /// Opens an authenticated connection in the hub (`connected`, rooms, presence).
-    pub fn open(&self, user: User, chats: Vec<Arc<str>>, conn: Rc<Conn>) -> usize {
+    pub fn open(&self, user: User, chats: Vec<Arc<str>>, conn: Rc<Outbox>) -> usize {
         let slot = self
             .hub
             .borrow_mut()
@@ -422,12 +414,12 @@ impl Worker {
             match effect {
                 Effect::Send { conn, frame } => {
                     if let Some(m) = self.hub.borrow().get(conn) {
-                        m.io.outbox.push(&frame);
+                        m.io.push(&frame);
                     }
                 }
                 Effect::Ping { conn } => {
                     if let Some(m) = self.hub.borrow().get(conn) {
-                        m.io.outbox.push_class(&self.ping, Class::Volatile);
+                        m.io.push_class(&self.ping, Class::Volatile);
                     }
                 }
                 Effect::Error {
@@ -445,13 +437,13 @@ impl Worker {
                             details: &details,
                         }
                         .to_frame();
-                        m.io.outbox.push(&frame);
+                        m.io.push(&frame);
                     }
                 }
                 Effect::Close { conn, code } => {
                     if let Some(m) = self.hub.borrow().get(conn) {
                         self.shared.metrics.closed(code);
-                        m.io.outbox.close(code);
+                        m.io.close(code);
                     }
                 }
                 Effect::Publish {
@@ -502,10 +494,10 @@ impl Worker {
             .borrow_mut()
             .for_each_member(&event.rooms, exclude, |_, m| {
                 let c = &m.io;
-                match c.outbox.push_event(&event.frame, class) {
+                match c.push_event(&event.frame, class) {
                     Pushed::Queued => {
                         queued += 1;
-                        pressed = pressed || (class == Class::Reliable && c.outbox.pressing());
+                        pressed = pressed || (class == Class::Reliable && c.pressing());
                     }
                     Pushed::Dropped => dropped += 1,
                     Pushed::Overflow => {
@@ -535,15 +527,17 @@ impl Worker {
     /// published to `chat`; pauses reading from that sender briefly while a reader of the
     /// chat, on any worker, is draining a long backlog, for at most a quarter of any
     /// `STALL_TIMEOUT` window (the sender's budget).
-    pub async fn pace(&self, sender: &Conn, chat: &str) {
+    pub async fn pace(&self, sender: usize, chat: &str) {
         let Some(pause) = self.shared.pressure.pause(chat, now_ms) else {
             return;
         };
-        let mut budget = sender.paced.get();
         let window =
             u32::try_from(self.config().flow.stall_timeout.as_millis()).unwrap_or(u32::MAX);
-        let allowed = budget.take(now_ms(), pause.as_millis() as u32, window);
-        sender.paced.set(budget);
+        let allowed = self
+            .hub
+            .borrow_mut()
+            .get_mut(sender)
+            .is_some_and(|m| m.take_pause(now_ms(), pause.as_millis() as u32, window));
         if allowed {
             self.metrics.publisher_pauses.inc();
             monoio::time::sleep(pause).await;
@@ -558,9 +552,9 @@ impl Worker {
         let hub = self.hub.borrow();
         let mut backlogs: Vec<(bool, std::cmp::Reverse<usize>, usize)> = hub
             .iter()
-            .filter(|(_, m)| m.io.outbox.queued() > 0 && !m.io.outbox.is_closing())
+            .filter(|(_, m)| m.io.queued() > 0 && !m.io.is_closing())
             .map(|(slot, m)| {
-                let o = &m.io.outbox;
+                let o = &m.io;
                 (o.draining(), std::cmp::Reverse(o.queued()), slot)
             })
             .collect();
@@ -573,7 +567,7 @@ impl Worker {
             tracing::warn!(user_id = %m.user().id, queued, draining, "Slow consumer closed: over the worker's OUTBOX_BUDGET");
             self.metrics.budget_sheds.inc();
             self.shared.metrics.closed(CloseCode::SlowConsumer);
-            m.io.outbox.discard();
+            m.io.discard();
         }
     }
 
@@ -612,7 +606,7 @@ impl Worker {
     fn check_stalls(&self, now: Instant) {
         let mut queued = 0;
         for (_, m) in self.hub.borrow_mut().iter_mut() {
-            let outbox = &m.io.outbox;
+            let outbox = &m.io;
             queued += outbox.queued();
             match outbox.look() {
                 Look::Progress => m.seen(now),

@@ -8,7 +8,7 @@ use super::*;
 const API_CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Local connections by user, for the users a server API request acts on.
-type UserConns = HashMap<Arc<str>, Vec<(usize, Rc<Conn>)>>;
+type UserConns = HashMap<Arc<str>, Vec<(usize, Rc<Outbox>)>>;
 
 impl Worker {
     /// Carries out server API actions on every worker, this one included, and completes once
@@ -113,10 +113,10 @@ impl Worker {
             Action::Disconnect { user, code, frame } => {
                 let conns = of(user);
                 for (_, conn) in conns {
-                    if !conn.outbox.is_closing() {
+                    if !conn.is_closing() {
                         self.shared.metrics.closed_with(*code);
                     }
-                    conn.outbox.close_with(frame);
+                    conn.close_with(frame);
                 }
                 Outcome::Count(conns.len())
             }

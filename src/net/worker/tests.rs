@@ -35,11 +35,8 @@ fn worker() -> (Worker, Arc<Recording>) {
     (Worker::new(0, Arc::new(shared)), recording)
 }
 
-fn open(w: &Worker, user: &str, chats: &[&str]) -> (usize, Rc<Conn>) {
-    let conn = Rc::new(Conn {
-        outbox: Rc::new(Outbox::new(1 << 20)),
-        paced: Default::default(),
-    });
+fn open(w: &Worker, user: &str, chats: &[&str]) -> (usize, Rc<Outbox>) {
+    let conn = Rc::new(Outbox::new(1 << 20));
     let user = User {
         id: user.into(),
         name: user.into(),
@@ -86,7 +83,7 @@ fn a_typing_event_leaves_once_naming_its_origin_and_the_one_connection_it_skips(
     let (a, conn_a) = open(&w, "u1", &["c"]);
     let (_, conn_b) = open(&w, "u2", &["c"]);
     bus.take();
-    let (before_a, before_b) = (conn_a.outbox.queued(), conn_b.outbox.queued());
+    let (before_a, before_b) = (conn_a.queued(), conn_b.queued());
     assert!(matches!(
         w.command(a, typing("c"), Instant::now()),
         Step::Done
@@ -101,12 +98,8 @@ fn a_typing_event_leaves_once_naming_its_origin_and_the_one_connection_it_skips(
     };
     assert_eq!(event.origin, here);
     assert_eq!(event.exclude, Some(ConnId { at: here, slot: a }));
-    assert_eq!(
-        conn_a.outbox.queued(),
-        before_a,
-        "the typist does not hear itself"
-    );
-    assert!(conn_b.outbox.queued() > before_b, "the other member does");
+    assert_eq!(conn_a.queued(), before_a, "the typist does not hear itself");
+    assert!(conn_b.queued() > before_b, "the other member does");
 }
 
 #[test]
@@ -128,7 +121,7 @@ fn an_exclusion_from_elsewhere_never_hits_the_connection_with_the_same_slot_here
         },
     ];
     for other in elsewhere {
-        let before = conn_a.outbox.queued();
+        let before = conn_a.queued();
         w.handle(Envelope::Room(Arc::new(RoomEvent {
             rooms: vec!["c".into()],
             frame: Bytes::from_static(b"\x81\x02{}"),
@@ -137,11 +130,11 @@ fn an_exclusion_from_elsewhere_never_hits_the_connection_with_the_same_slot_here
             kind: EventKind::Typing,
         })));
         assert!(
-            conn_a.outbox.queued() > before,
+            conn_a.queued() > before,
             "excluded {other:?}'s slot {a}, not this one"
         );
     }
-    let before = conn_a.outbox.queued();
+    let before = conn_a.queued();
     w.handle(Envelope::Room(Arc::new(RoomEvent {
         rooms: vec!["c".into()],
         frame: Bytes::from_static(b"\x81\x02{}"),
@@ -149,5 +142,5 @@ fn an_exclusion_from_elsewhere_never_hits_the_connection_with_the_same_slot_here
         exclude: Some(ConnId { at: here, slot: a }),
         kind: EventKind::Typing,
     })));
-    assert_eq!(conn_a.outbox.queued(), before, "this one, here");
+    assert_eq!(conn_a.queued(), before, "this one, here");
 }
