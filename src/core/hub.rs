@@ -216,9 +216,9 @@ impl<T> Member<T> {
         self.session.user()
     }
 
-    /// Records activity from the client.
-    pub fn seen(&mut self, now: Instant) {
-        self.session.seen(now);
+    /// Records activity from the client, under the hub's `rules` ([`Hub::rules`]).
+    pub fn seen(&mut self, now: Instant, rules: &Rules) {
+        self.session.seen(now, rules);
     }
 
     /// Whether this sender may be paused for `pause_ms` now; see [`Session::take_pause`].
@@ -254,6 +254,7 @@ impl<T> Hub<T> {
                 refetch_interval: config.refetch_interval,
                 connection_timeout: config.connection_timeout,
                 rate: RateRule::new(config.rate_limit, config.rate_burst),
+                epoch: now,
             },
             config,
             conns: Slab::new(),
@@ -284,6 +285,11 @@ impl<T> Hub<T> {
     /// One connection.
     pub fn get(&self, conn: usize) -> Option<&Member<T>> {
         self.conns.get(conn)
+    }
+
+    /// The rules every session here follows.
+    pub fn rules(&self) -> &Rules {
+        &self.rules
     }
 
     /// One connection, to update.
@@ -370,7 +376,7 @@ impl<T> Hub<T> {
     /// A frame arrived from the client (any frame counts as alive).
     pub fn seen(&mut self, conn: usize, now: Instant) {
         if let Some(m) = self.conns.get_mut(conn) {
-            m.session.seen(now);
+            m.session.seen(now, &self.rules);
         }
     }
 

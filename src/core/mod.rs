@@ -8,6 +8,7 @@
 //!
 //! - [`hub`]: every chat rule of one worker, fed inputs and answering with effects; it owns
 //!   the structures below.
+//! - [`clock`]: 4-byte millisecond timestamps for state every connection keeps.
 //! - [`event`]: the kinds of room events and how each may be treated when a reader is behind.
 //! - [`room`]: which local connections are in which chat, with de-duplicated fan-out.
 //! - [`presence`]: per-user connection counts, reporting only first-open and last-close.
@@ -19,6 +20,7 @@
 //! - [`session`]: one connection's rules — membership checks, rate-limited re-fetch of the
 //!   user's chats, liveness.
 
+pub mod clock;
 pub mod event;
 pub mod history;
 pub mod hub;

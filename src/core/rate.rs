@@ -1,4 +1,5 @@
-//! A per-connection message rate limit: a token bucket, driven by an explicit `now`.
+//! A per-connection message rate limit: a token bucket, driven by an explicit `now` (a
+//! millisecond [`Stamp`], so the bucket is 24 bytes).
 //!
 //! The bucket holds up to `burst` tokens and refills at `rate` per second; each client message
 //! takes one. A message finding the bucket empty is rejected (`RATE_LIMITED`). Rejections are
@@ -7,7 +8,7 @@
 //! (`burst / rate` seconds) without a rejection, so a client that runs close to the limit for
 //! hours and is rejected now and then is never closed for it. A rate of 0 disables the limit.
 
-use std::time::Instant;
+use super::clock::Stamp;
 
 /// What to do with one client message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,14 +49,14 @@ impl RateRule {
 #[derive(Debug, Clone)]
 pub struct RateLimit {
     tokens: f64,
-    last: Instant,
+    last: Stamp,
     strikes: u32,
-    last_rejection: Option<Instant>,
+    last_rejection: Option<Stamp>,
 }
 
 impl RateLimit {
     /// A bucket for `rule`, full at `now`.
-    pub fn new(rule: RateRule, now: Instant) -> Self {
+    pub fn new(rule: RateRule, now: Stamp) -> Self {
         Self {
             tokens: rule.burst,
             last: now,
@@ -65,12 +66,12 @@ impl RateLimit {
     }
 
     /// Admits (or not) one message arriving at `now`, under `rule` (the bucket's own).
-    pub fn admit(&mut self, rule: RateRule, now: Instant) -> Admission {
+    pub fn admit(&mut self, rule: RateRule, now: Stamp) -> Admission {
         let RateRule { rate, burst } = rule;
         if rate == 0.0 {
             return Admission::Allowed;
         }
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        let elapsed = now.since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * rate).min(burst);
         if self.tokens >= burst {
@@ -83,7 +84,7 @@ impl RateLimit {
         let refill = burst / rate;
         let paused = self
             .last_rejection
-            .is_some_and(|t| now.saturating_duration_since(t).as_secs_f64() > refill);
+            .is_some_and(|t| now.since(t).as_secs_f64() > refill);
         if paused {
             self.strikes = 0;
         }
@@ -107,7 +108,7 @@ mod tests {
         // 10/s, burst 5: a client sending at the rate, plus a small burst every 2 s, is
         // rejected in each burst; the bucket never refills to full, so the old rule (strikes
         // forgiven only on a full bucket) closed it after two bursts. Closing is for a flood.
-        let t0 = Instant::now();
+        let t0 = Stamp::from_millis(0);
         let rule = RateRule::new(10, 5);
         let mut r = RateLimit::new(rule, t0);
         let mut t = t0;
@@ -128,7 +129,7 @@ mod tests {
                 Admission::Abusive,
                 "closed at round {round}"
             );
-            t += Duration::from_millis(100);
+            t = t.after(Duration::from_millis(100));
         }
         assert!(
             rejected > 100,
@@ -138,7 +139,7 @@ mod tests {
 
     #[test]
     fn twice_the_rate_for_long_is_abusive() {
-        let t0 = Instant::now();
+        let t0 = Stamp::from_millis(0);
         let rule = RateRule::new(10, 5);
         let mut r = RateLimit::new(rule, t0);
         let mut t = t0;
@@ -148,7 +149,7 @@ mod tests {
                 closed_at = Some(i);
                 break;
             }
-            t += Duration::from_millis(50); // 20/s against 10/s
+            t = t.after(Duration::from_millis(50)); // 20/s against 10/s
         }
         let i = closed_at.expect("sustained 2x the rate must be closed");
         assert!(i < 40, "closed only after {i} messages");
@@ -156,7 +157,7 @@ mod tests {
 
     #[test]
     fn burst_then_rate() {
-        let t0 = Instant::now();
+        let t0 = Stamp::from_millis(0);
         let rule = RateRule::new(10, 5);
         let mut r = RateLimit::new(rule, t0);
         for _ in 0..5 {
@@ -165,32 +166,32 @@ mod tests {
         assert_eq!(r.admit(rule, t0), Admission::Rejected);
         // 100 ms later one token is back.
         assert_eq!(
-            r.admit(rule, t0 + Duration::from_millis(100)),
+            r.admit(rule, t0.after(Duration::from_millis(100))),
             Admission::Allowed
         );
         assert_eq!(
-            r.admit(rule, t0 + Duration::from_millis(100)),
+            r.admit(rule, t0.after(Duration::from_millis(100))),
             Admission::Rejected
         );
     }
 
     #[test]
     fn sustained_abuse_is_reported_and_a_pause_forgives() {
-        let t0 = Instant::now();
+        let t0 = Stamp::from_millis(0);
         let rule = RateRule::new(10, 3);
         let mut r = RateLimit::new(rule, t0);
         let verdicts: Vec<Admission> = (0..7).map(|_| r.admit(rule, t0)).collect();
         assert_eq!(&verdicts[..3], &[Admission::Allowed; 3]);
         assert_eq!(&verdicts[3..6], &[Admission::Rejected; 3]);
         assert_eq!(verdicts[6], Admission::Abusive);
-        let later = t0 + Duration::from_secs(1);
+        let later = t0.after(Duration::from_secs(1));
         assert_eq!(r.admit(rule, later), Admission::Allowed);
         assert_eq!(r.admit(rule, later), Admission::Allowed);
     }
 
     #[test]
     fn zero_rate_disables() {
-        let t0 = Instant::now();
+        let t0 = Stamp::from_millis(0);
         let rule = RateRule::new(0, 0);
         let mut r = RateLimit::new(rule, t0);
         assert!((0..1000).all(|_| r.admit(rule, t0) == Admission::Allowed));

@@ -16,6 +16,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::clock::Stamp;
 use super::pressure::PaceBudget;
 use super::rate::{Admission, RateLimit, RateRule};
 use crate::protocol::Command;
@@ -57,8 +58,8 @@ type ApiChanges = Vec<(Arc<str>, bool)>;
 pub struct Session {
     user: User,
     chats: Vec<Arc<str>>,
-    last_refetch: Option<Instant>,
-    last_seen: Instant,
+    last_refetch: Option<Stamp>,
+    last_seen: Stamp,
     rate: RateLimit,
     /// Server API joins (`true`) and leaves made while a re-fetch is out: the fetched list
     /// predates them, so they are applied on top of it. Boxed: 8 bytes per idle connection
@@ -87,17 +88,25 @@ pub struct Rules {
     pub connection_timeout: Duration,
     /// The message rate limit.
     pub rate: RateRule,
+    /// Where the sessions' clock starts: they keep moments as 4-byte [`Stamp`]s from here.
+    pub epoch: Instant,
+}
+
+impl Rules {
+    fn stamp(&self, now: Instant) -> Stamp {
+        Stamp::at(now, self.epoch)
+    }
 }
 
 impl Session {
     /// A session for `user` in `chats`, seen at `now`, under `rules`.
     pub fn new(user: User, chats: Vec<Arc<str>>, now: Instant, rules: &Rules) -> Self {
         Self {
-            rate: RateLimit::new(rules.rate, now),
+            rate: RateLimit::new(rules.rate, rules.stamp(now)),
             user,
             chats,
             last_refetch: None,
-            last_seen: now,
+            last_seen: rules.stamp(now),
             since_refetch: None,
             paced: PaceBudget::default(),
         }
@@ -136,8 +145,9 @@ impl Session {
     /// Whether a re-fetch of the chat list may start at `now` (at most one per
     /// `refetch_interval`); if so, it counts as started.
     pub fn start_refetch(&mut self, now: Instant, rules: &Rules) -> bool {
+        let now = rules.stamp(now);
         let allowed = match self.last_refetch {
-            Some(t) => now.saturating_duration_since(t) >= rules.refetch_interval,
+            Some(t) => now.since(t) >= rules.refetch_interval,
             None => true,
         };
         if allowed {
@@ -208,7 +218,7 @@ impl Session {
 
     /// Applies the rate limit to one client message arriving at `now`.
     pub fn admit(&mut self, now: Instant, rules: &Rules) -> Admission {
-        self.rate.admit(rules.rate, now)
+        self.rate.admit(rules.rate, rules.stamp(now))
     }
 
     /// Whether this sender may be paused for `pause_ms` now (`core::pressure`): at most a
@@ -219,13 +229,13 @@ impl Session {
     }
 
     /// Records activity from the client (any frame, including pongs).
-    pub fn seen(&mut self, now: Instant) {
-        self.last_seen = now;
+    pub fn seen(&mut self, now: Instant, rules: &Rules) {
+        self.last_seen = rules.stamp(now);
     }
 
     /// What the periodic heartbeat should do.
     pub fn heartbeat(&self, now: Instant, rules: &Rules) -> Heartbeat {
-        if now.saturating_duration_since(self.last_seen) >= rules.connection_timeout {
+        if rules.stamp(now).since(self.last_seen) >= rules.connection_timeout {
             Heartbeat::Expire
         } else {
             Heartbeat::Ping
@@ -237,11 +247,17 @@ impl Session {
 mod tests {
     use super::*;
 
-    const RULES: Rules = Rules {
-        refetch_interval: Duration::from_secs(2),
-        connection_timeout: Duration::from_secs(60),
-        rate: RateRule::ONE_PER_SECOND,
-    };
+    /// The tests' rules. The epoch is whenever this is first called, so some tests run their
+    /// moments before it and some after: both must behave the same.
+    fn rules() -> Rules {
+        static EPOCH: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+        Rules {
+            refetch_interval: Duration::from_secs(2),
+            connection_timeout: Duration::from_secs(60),
+            rate: RateRule::ONE_PER_SECOND,
+            epoch: *EPOCH,
+        }
+    }
 
     fn session(now: Instant) -> Session {
         Session::new(
@@ -251,7 +267,7 @@ mod tests {
             },
             vec!["c1".into()],
             now,
-            &RULES,
+            &rules(),
         )
     }
 
@@ -259,14 +275,14 @@ mod tests {
     fn refetches_are_spaced_by_the_interval_whoever_asks() {
         let now = Instant::now();
         let mut s = session(now);
-        assert!(s.start_refetch(now, &RULES));
-        assert!(!s.start_refetch(now + Duration::from_secs(1), &RULES));
+        assert!(s.start_refetch(now, &rules()));
+        assert!(!s.start_refetch(now + Duration::from_secs(1), &rules()));
         // A command for an unknown chat shares the same budget.
         assert_eq!(
-            s.decide(msg("c9"), now + Duration::from_secs(1), &RULES),
+            s.decide(msg("c9"), now + Duration::from_secs(1), &rules()),
             Decision::NotParticipant(msg("c9"))
         );
-        assert!(s.start_refetch(now + Duration::from_secs(2), &RULES));
+        assert!(s.start_refetch(now + Duration::from_secs(2), &rules()));
     }
 
     fn msg(chat: &str) -> Command {
@@ -282,11 +298,11 @@ mod tests {
         let t0 = Instant::now();
         let mut s = session(t0);
         assert_eq!(
-            s.decide(msg("c1"), t0, &RULES),
+            s.decide(msg("c1"), t0, &rules()),
             Decision::Execute(msg("c1"))
         );
         assert_eq!(
-            s.decide(Command::Ping, t0, &RULES),
+            s.decide(Command::Ping, t0, &rules()),
             Decision::Execute(Command::Ping)
         );
     }
@@ -297,16 +313,16 @@ mod tests {
         let mut s = session(t0);
         // The first unknown chat always re-fetches; the next one waits for the interval.
         assert_eq!(
-            s.decide(msg("c2"), t0, &RULES),
+            s.decide(msg("c2"), t0, &rules()),
             Decision::Refetch(msg("c2"))
         );
         assert_eq!(
-            s.decide(msg("c2"), t0, &RULES),
+            s.decide(msg("c2"), t0, &rules()),
             Decision::NotParticipant(msg("c2"))
         );
         let t1 = t0 + Duration::from_secs(2);
         assert_eq!(
-            s.decide(msg("c2"), t1, &RULES),
+            s.decide(msg("c2"), t1, &rules()),
             Decision::Refetch(msg("c2"))
         );
         let change = s.refetched(vec!["c2".into()]);
@@ -327,7 +343,7 @@ mod tests {
         assert!(s.join(&c2));
         assert!(!s.join(&c2), "joining twice is a no-op");
         assert_eq!(
-            s.decide(msg("c2"), t0, &RULES),
+            s.decide(msg("c2"), t0, &rules()),
             Decision::Execute(msg("c2"))
         );
         assert_eq!(s.leave("c1").as_deref(), Some("c1"));
@@ -339,7 +355,7 @@ mod tests {
     fn api_changes_during_a_refetch_win_over_the_older_list() {
         let t0 = Instant::now();
         let mut s = session(t0); // in c1
-        assert!(s.start_refetch(t0, &RULES));
+        assert!(s.start_refetch(t0, &rules()));
         // While the fetch is out, the backend's API removes c1 and adds c3.
         assert!(s.leave("c1").is_some());
         assert!(s.join(&"c3".into()));
@@ -355,7 +371,7 @@ mod tests {
         );
         // Outside a re-fetch nothing is recorded: the next list is taken as it is.
         assert!(s.join(&"c9".into()));
-        assert!(s.start_refetch(t0 + Duration::from_secs(2), &RULES));
+        assert!(s.start_refetch(t0 + Duration::from_secs(2), &rules()));
         let change = s.refetched(vec!["c2".into()]);
         assert_eq!(s.chats(), &[Arc::<str>::from("c2")]);
         assert_eq!(change.left.len(), 2);
@@ -365,9 +381,9 @@ mod tests {
     fn messages_past_the_rate_are_refused() {
         let t0 = Instant::now();
         let mut s = session(t0);
-        assert_eq!(s.admit(t0, &RULES), Admission::Allowed);
-        assert_eq!(s.admit(t0, &RULES), Admission::Rejected);
-        assert_eq!(s.admit(t0, &RULES), Admission::Abusive);
+        assert_eq!(s.admit(t0, &rules()), Admission::Allowed);
+        assert_eq!(s.admit(t0, &rules()), Admission::Rejected);
+        assert_eq!(s.admit(t0, &rules()), Admission::Abusive);
     }
 
     #[test]
@@ -375,16 +391,16 @@ mod tests {
         let t0 = Instant::now();
         let mut s = session(t0);
         assert_eq!(
-            s.heartbeat(t0 + Duration::from_secs(59), &RULES),
+            s.heartbeat(t0 + Duration::from_secs(59), &rules()),
             Heartbeat::Ping
         );
-        s.seen(t0 + Duration::from_secs(30));
+        s.seen(t0 + Duration::from_secs(30), &rules());
         assert_eq!(
-            s.heartbeat(t0 + Duration::from_secs(89), &RULES),
+            s.heartbeat(t0 + Duration::from_secs(89), &rules()),
             Heartbeat::Ping
         );
         assert_eq!(
-            s.heartbeat(t0 + Duration::from_secs(90), &RULES),
+            s.heartbeat(t0 + Duration::from_secs(90), &rules()),
             Heartbeat::Expire
         );
     }

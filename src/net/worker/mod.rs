@@ -605,11 +605,13 @@ impl Worker {
     /// queue freed at once (nothing more can be written to it, not even a close frame).
     fn check_stalls(&self, now: Instant) {
         let mut queued = 0;
-        for (_, m) in self.hub.borrow_mut().iter_mut() {
+        let mut hub = self.hub.borrow_mut();
+        let rules = *hub.rules();
+        for (_, m) in hub.iter_mut() {
             let outbox = &m.io;
             queued += outbox.queued();
             match outbox.look() {
-                Look::Progress => m.seen(now),
+                Look::Progress => m.seen(now, &rules),
                 Look::Stuck => {
                     tracing::warn!(user_id = %m.user().id, queued = outbox.queued(), writer = outbox.writer_state(), "Slow consumer closed: stalled");
                     self.metrics.stall_closes.inc();
