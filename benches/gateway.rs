@@ -17,7 +17,7 @@
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use socket_server::core::room::Rooms;
 use socket_server::net::outbox::{Class, Outbox, WRITE_CHUNK};
@@ -180,11 +180,10 @@ async fn loopback_pair() -> monoio::net::tcp::stream_poll::TcpStreamPoll {
 
 /// Writes `data` to `socket` without waiting, as the server's writes are made; when the socket
 /// is full, gives the runtime a moment (the reader thread drains it).
-async fn write_all_now(socket: &mut split::WriteHalf, mut data: &[u8]) {
-    use tokio::io::AsyncWrite;
+async fn write_all_now(socket: &split::Socket, mut data: &[u8]) {
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     while !data.is_empty() {
-        match std::pin::Pin::new(&mut *socket).poll_write(&mut cx, data) {
+        match socket.poll_write(&mut cx, data) {
             std::task::Poll::Ready(Ok(n)) => data = &data[n..],
             std::task::Poll::Ready(Err(e)) => panic!("loopback write: {e}"),
             std::task::Poll::Pending => {
@@ -211,8 +210,7 @@ fn write_path(c: &mut Criterion) {
         b.iter_custom(|iters| {
             rt.block_on(async {
                 let stream = loopback_pair().await;
-                let (_input, write_half) = split::split(stream, BytesMut::new());
-                let outbox = Outbox::attached(64 << 20, write_half);
+                let outbox = Outbox::attached(64 << 20, split::Socket::new(stream));
                 let start = std::time::Instant::now();
                 for _ in 0..iters {
                     for _ in 0..FRAMES {
@@ -234,11 +232,11 @@ fn write_path(c: &mut Criterion) {
         b.iter_custom(|iters| {
             rt.block_on(async {
                 let stream = loopback_pair().await;
-                let (_input, mut write_half) = split::split(stream, BytesMut::new());
+                let socket = split::Socket::new(stream);
                 let start = std::time::Instant::now();
                 for _ in 0..iters {
                     for _ in 0..FRAMES {
-                        write_all_now(&mut write_half, &frame).await;
+                        write_all_now(&socket, &frame).await;
                     }
                 }
                 start.elapsed()

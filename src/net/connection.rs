@@ -30,7 +30,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::handshake::{self, Request, MAX_HEAD};
 use super::outbox::Outbox;
 use super::reader::{finish, linger, read_loop, End, Handler, Limits};
-use super::split::{self, Input};
+use super::split::{Input, Socket};
 use super::worker::{Refused, TaskGuard, Worker};
 use crate::backend::{BackendError, Profile};
 use crate::core::hub::Step;
@@ -159,8 +159,8 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
     let Some((token, path, prefix, accept)) = upgrade(&worker, &mut stream).await else {
         return;
     };
-    let (mut input, write_half) = split::split(stream, prefix);
-    let outbox = Outbox::attached(worker.config().flow.max_outbox_bytes, write_half);
+    let outbox = Outbox::attached(worker.config().flow.max_outbox_bytes, Socket::new(stream));
+    let mut input = Input::new(outbox.clone(), prefix);
     // The 101 leaves through the outbox like every frame after it: when authentication
     // answers at once (fixture, embedded store), it goes out in one write with `connected`,
     // one send (and one TCP segment) per connection fewer.

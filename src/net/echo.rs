@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::handshake::{self, MAX_HEAD};
 use super::outbox::Outbox;
 use super::reader::{finish, linger, read_loop, End, Handler, Limits};
-use super::split;
+use super::split::{Input, Socket};
 use crate::protocol::frame::{control_frame, Message};
 use crate::protocol::CloseCode;
 
@@ -66,8 +66,11 @@ async fn serve(stream: monoio::net::TcpStream, scratch: Rc<RefCell<Vec<u8>>>, li
     {
         return;
     }
-    let (mut input, write_half) = split::split(stream, BytesMut::from(&buf[consumed..]));
-    let outbox = Outbox::attached(limits.max_message_size.saturating_mul(4), write_half);
+    let outbox = Outbox::attached(
+        limits.max_message_size.saturating_mul(4),
+        Socket::new(stream),
+    );
+    let mut input = Input::new(outbox.clone(), BytesMut::from(&buf[consumed..]));
     let echo = Echo { outbox: &outbox };
     let end = read_loop(&mut input, &outbox, &scratch, limits, &echo).await;
     if let End::Violation(code) = end {

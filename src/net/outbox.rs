@@ -42,9 +42,8 @@ use std::task::{Poll, Waker};
 use std::time::Instant;
 
 use bytes::{Buf, Bytes};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use super::split::WriteHalf;
+use super::split::Socket;
 pub use crate::core::event::Class;
 use crate::core::stall::{Look, StallWatch};
 use crate::protocol::frame::close_frame;
@@ -169,9 +168,20 @@ impl Queue {
     }
 }
 
+/// `n` in 32 bits, saturating (byte counts of one outbox stay below its cap, at most 1 GiB).
+fn to_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// The right to write an outbox's socket. There is one per outbox with a socket, so whoever
+/// holds it is the only writer; it is never handed back once the writer is done.
+struct WriteTurn;
+
 /// Outgoing bytes of one connection.
 pub struct Outbox {
-    cap: usize,
+    /// Most bytes queued (`MAX_OUTBOX_BYTES`, at most 1 GiB, so 32 bits hold it and every
+    /// count below it; every connection keeps an outbox, so its fields are kept small).
+    cap: u32,
     queue: RefCell<Queue>,
     closing: Cell<bool>,
     interrupted: Cell<bool>,
@@ -179,10 +189,13 @@ pub struct Outbox {
     writer_done: Cell<bool>,
     /// Set while this outbox waits in its worker's flush list.
     listed: Cell<bool>,
-    /// The socket's writing side while nobody writes to it: taken by the flusher for the
+    /// The right to write the socket while nobody writes to it: taken by the flusher for the
     /// length of one write, or by a [`Outbox::write_slowly`] task until the backlog is out;
     /// gone for good once the writer is done. `None` from the start without a socket.
-    socket: Cell<Option<WriteHalf>>,
+    turn: Cell<Option<WriteTurn>>,
+    /// The connection's socket, kept here so that socket and queue are one allocation; its
+    /// reader reads it through [`Outbox::socket`]. `None` for outboxes emptied by hand.
+    socket: Option<Socket>,
     /// This outbox, for the flush list (empty without a socket).
     me: Weak<Outbox>,
     /// The waiting writer's wake-up (a [`Outbox::write_slowly`] task; abort wakes it).
@@ -193,7 +206,7 @@ pub struct Outbox {
     /// Whether the writer holds bytes it has not finished writing.
     writing: Cell<bool>,
     /// Bytes the writer took from the queue and has not written yet (they count for the cap).
-    in_flight: Cell<usize>,
+    in_flight: Cell<u32>,
     /// When the socket last accepted bytes of a backlog ([`now_ms`]; 0 = never).
     drained_at: Cell<u32>,
     /// The stall rule's state, advanced by [`Outbox::look`].
@@ -235,20 +248,21 @@ impl Outbox {
 
     /// A new, open outbox for `socket`, flushed by the worker's flusher. Must be called on a
     /// monoio worker thread (the flusher is spawned there on first use).
-    pub fn attached(cap: usize, socket: WriteHalf) -> Rc<Self> {
+    pub fn attached(cap: usize, socket: Socket) -> Rc<Self> {
         Rc::new_cyclic(|me| Self::with(cap, Some(socket), me.clone()))
     }
 
-    fn with(cap: usize, socket: Option<WriteHalf>, me: Weak<Outbox>) -> Self {
+    fn with(cap: usize, socket: Option<Socket>, me: Weak<Outbox>) -> Self {
         Self {
-            cap,
+            cap: to_u32(cap),
             queue: RefCell::default(),
             closing: Cell::new(false),
             interrupted: Cell::new(false),
             aborted: Cell::new(false),
             writer_done: Cell::new(false),
             listed: Cell::new(false),
-            socket: Cell::new(socket),
+            turn: Cell::new(socket.as_ref().map(|_| WriteTurn)),
+            socket,
             me,
             writer: Cell::new(None),
             reader: Cell::new(None),
@@ -295,11 +309,11 @@ impl Outbox {
             return Pushed::Dropped;
         }
         let mut queue = self.queue.borrow_mut();
-        let pending = queue.len() + self.in_flight.get();
+        let pending = queue.len() + self.in_flight.get() as usize;
         let after = pending + len;
         match class {
-            Class::Volatile if after > self.cap / 2 => return Pushed::Dropped,
-            Class::Reliable if after > self.cap => {
+            Class::Volatile if after > self.cap as usize / 2 => return Pushed::Dropped,
+            Class::Reliable if after > self.cap as usize => {
                 // Slow consumer: what is queued will not be read in time; replace it with
                 // the close frame and let the connection end.
                 queued_sub(queue.clear());
@@ -379,9 +393,8 @@ impl Outbox {
     pub fn abort(&self) {
         self.closing.set(true);
         self.aborted.set(true);
-        if let Some(socket) = self.socket.take() {
+        if self.turn.take().is_some() {
             // Nobody is writing: the writer is done now.
-            drop(socket);
             self.writer_done.set(true);
         }
         self.wake_writer();
@@ -406,7 +419,7 @@ impl Outbox {
 
     /// Bytes waiting to be written, including those of the write in progress.
     pub fn queued(&self) -> usize {
-        self.queue.borrow().len() + self.in_flight.get()
+        self.queue.borrow().len() + self.in_flight.get() as usize
     }
 
     /// Completes once the outbox is closing or interrupted. For the reader task only.
@@ -460,9 +473,9 @@ impl Outbox {
         if self.listed.get() || self.writer_done.get() {
             return;
         }
-        let present = self.socket.take();
+        let present = self.turn.take();
         let idle = present.is_some();
-        self.socket.set(present);
+        self.turn.set(present);
         if let (true, Some(me)) = (idle, self.me.upgrade()) {
             self.listed.set(true);
             flusher::list(me);
@@ -480,11 +493,24 @@ impl Outbox {
         .await
     }
 
+    /// The socket, for readers (its [`super::split::Input`]); `None` without one.
+    pub fn socket(&self) -> Option<&Socket> {
+        self.socket.as_ref()
+    }
+
+    /// The socket, for the holder of the write `turn` (there is one whenever a turn exists).
+    fn socket_for(&self, _turn: &mut WriteTurn) -> std::io::Result<&Socket> {
+        self.socket.as_ref().ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::NotConnected, "outbox without a socket")
+        })
+    }
+
     /// Counts `n` bytes the socket accepted.
     fn progress(&self, n: usize) {
         // Only change matters to the stall rule: wrapping keeps the counter small.
         self.written.set(self.written.get().wrapping_add(n as u32));
-        self.in_flight.set(self.in_flight.get().saturating_sub(n));
+        self.in_flight
+            .set(self.in_flight.get().saturating_sub(to_u32(n)));
         queued_sub(n);
         if self.behind() {
             // Only far behind: then a clock read per write is cheap next to the write.
@@ -494,14 +520,16 @@ impl Outbox {
 
     /// Over a quarter of the cap queued: far enough behind to slow down senders.
     fn behind(&self) -> bool {
-        self.queued() > self.cap / 4
+        self.queued() > self.cap as usize / 4
     }
 
     /// Writes all of `data` in steps of at most [`WRITE_CHUNK`], counting what the socket
     /// accepts as it goes.
-    async fn write_counted(&self, socket: &mut WriteHalf, mut data: &[u8]) -> std::io::Result<()> {
+    async fn write_counted(&self, turn: &mut WriteTurn, mut data: &[u8]) -> std::io::Result<()> {
+        let socket = self.socket_for(turn)?;
         while !data.is_empty() {
-            let n = socket.write(&data[..data.len().min(WRITE_CHUNK)]).await?;
+            let chunk = &data[..data.len().min(WRITE_CHUNK)];
+            let n = poll_fn(|cx| socket.poll_write(cx, chunk)).await?;
             if n == 0 {
                 return Err(std::io::ErrorKind::WriteZero.into());
             }
@@ -515,9 +543,10 @@ impl Outbox {
     /// [`MAX_SLICES`] parts, dropping each part once written.
     async fn write_parts(
         &self,
-        socket: &mut WriteHalf,
+        turn: &mut WriteTurn,
         parts: &mut VecDeque<Bytes>,
     ) -> std::io::Result<()> {
+        let socket = self.socket_for(turn)?;
         while !parts.is_empty() {
             let n = {
                 let mut slices = [IoSlice::new(&[]); MAX_SLICES];
@@ -531,7 +560,7 @@ impl Outbox {
                     count += 1;
                     total += take;
                 }
-                socket.write_vectored(&slices[..count]).await?
+                poll_fn(|cx| socket.poll_write_vectored(cx, &slices[..count])).await?
             };
             if n == 0 {
                 return Err(std::io::ErrorKind::WriteZero.into());
@@ -555,14 +584,15 @@ impl Outbox {
     }
 
     /// Writes what the socket takes of `data` now, without waiting: the bytes written.
-    fn write_now(&self, socket: &mut WriteHalf, data: &[u8]) -> std::io::Result<usize> {
+    fn write_now(&self, turn: &mut WriteTurn, data: &[u8]) -> std::io::Result<usize> {
+        let socket = self.socket_for(turn)?;
         // A write that cannot go on registers this no-op waker; the waiting write that follows
         // registers the task's own before it sleeps.
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         let mut done = 0;
         while done < data.len() {
             let chunk = &data[done..data.len().min(done + WRITE_CHUNK)];
-            match std::pin::Pin::new(&mut *socket).poll_write(&mut cx, chunk) {
+            match socket.poll_write(&mut cx, chunk) {
                 Poll::Ready(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
                 Poll::Ready(Ok(n)) => {
                     self.progress(n);
@@ -577,18 +607,13 @@ impl Outbox {
 
     /// Writes `rest` and then the `held` parts, waiting for the socket as needed, unless the
     /// writer is aborted first; whether everything was written.
-    async fn write_rest(
-        &self,
-        socket: &mut WriteHalf,
-        rest: &[u8],
-        held: Option<Box<Held>>,
-    ) -> bool {
+    async fn write_rest(&self, turn: &mut WriteTurn, rest: &[u8], held: Option<Box<Held>>) -> bool {
         monoio::select! {
             r = async {
-                self.write_counted(socket, rest).await?;
+                self.write_counted(turn, rest).await?;
                 match held {
                     // Boxed too: its 64 slices are large, and rare.
-                    Some(mut held) => Box::pin(self.write_parts(socket, &mut held.parts)).await,
+                    Some(mut held) => Box::pin(self.write_parts(turn, &mut held.parts)).await,
                     None => Ok(()),
                 }
             } => r.is_ok(),
@@ -601,17 +626,17 @@ impl Outbox {
     /// were written, and the held parts; `writing` stays set unless everything was written.
     fn write_queue_now(
         &self,
-        socket: &mut WriteHalf,
+        turn: &mut WriteTurn,
     ) -> std::io::Result<(Vec<u8>, usize, Option<Box<Held>>)> {
         let (data, held) = {
             let mut queue = self.queue.borrow_mut();
-            self.in_flight.set(queue.len());
+            self.in_flight.set(to_u32(queue.len()));
             queue.seal_tail();
             let held = queue.held.take();
             (std::mem::take(&mut queue.tail), held)
         };
         self.writing.set(true);
-        let written = self.write_now(socket, &data);
+        let written = self.write_now(turn, &data);
         let done = matches!(written, Ok(n) if n == data.len() && held.is_none());
         if written.is_err() || done {
             self.writing.set(false);
@@ -619,29 +644,29 @@ impl Outbox {
         Ok((data, written?, held))
     }
 
-    /// The writer failed or was aborted with `socket` in hand: what was not written leaves
+    /// The writer failed or was aborted with the `turn` in hand: what was not written leaves
     /// the budget, the outbox accepts nothing more, and the reader is told (the peer is gone
-    /// or never reads). The socket is dropped.
-    fn fail(&self, socket: WriteHalf) {
-        drop(socket);
-        queued_sub(self.in_flight.replace(0));
+    /// or never reads). The turn ends: nothing writes the socket again.
+    fn fail(&self, _turn: WriteTurn) {
+        queued_sub(self.in_flight.replace(0) as usize);
         queued_sub(self.queue.borrow_mut().clear());
         self.closing.set(true);
         self.writer_done.set(true);
         self.wake_reader();
     }
 
-    /// Written everything, with `socket` in hand: once closing, shut the write side and end;
-    /// otherwise give the socket back for the next flush.
-    fn idle(&self, mut socket: WriteHalf) {
+    /// Written everything, with the `turn` in hand: once closing, shut the write side and
+    /// end; otherwise give the turn back for the next flush.
+    fn idle(&self, turn: WriteTurn) {
         if self.closing.get() {
             let mut cx = std::task::Context::from_waker(Waker::noop());
-            // `shutdown(SHUT_WR)` is one system call that never waits.
-            let _ = std::pin::Pin::new(&mut socket).poll_shutdown(&mut cx);
-            drop(socket);
+            if let Some(socket) = &self.socket {
+                // `shutdown(SHUT_WR)` is one system call that never waits.
+                let _ = socket.poll_shutdown(&mut cx);
+            }
             self.writer_done.set(true);
         } else {
-            self.socket.set(Some(socket));
+            self.turn.set(Some(turn));
         }
     }
 
@@ -657,24 +682,24 @@ impl Outbox {
     /// idle connection has no writer task at all.
     fn flush(&self) {
         self.listed.set(false);
-        let Some(mut socket) = self.socket.take() else {
+        let Some(mut turn) = self.turn.take() else {
             return; // a waiting writer has it, or the writer is done
         };
         if self.aborted.get() {
-            return self.fail(socket);
+            return self.fail(turn);
         }
         if self.queue.borrow().is_empty() {
-            return self.idle(socket);
+            return self.idle(turn);
         }
-        match self.write_queue_now(&mut socket) {
-            Err(_) => self.fail(socket),
+        match self.write_queue_now(&mut turn) {
+            Err(_) => self.fail(turn),
             // Going idle keeps no buffer: `data` is freed here.
-            Ok((data, n, None)) if n == data.len() => self.idle(socket),
+            Ok((data, n, None)) if n == data.len() => self.idle(turn),
             Ok((data, n, held)) => {
                 let Some(me) = self.me.upgrade() else {
-                    return self.fail(socket);
+                    return self.fail(turn);
                 };
-                monoio::spawn(async move { me.write_slowly(socket, data, n, held).await });
+                monoio::spawn(async move { me.write_slowly(turn, data, n, held).await });
             }
         }
     }
@@ -685,24 +710,24 @@ impl Outbox {
     /// abort.
     async fn write_slowly(
         &self,
-        mut socket: WriteHalf,
+        mut turn: WriteTurn,
         mut data: Vec<u8>,
         mut done: usize,
         mut held: Option<Box<Held>>,
     ) {
         loop {
-            let written = self.write_rest(&mut socket, &data[done..], held).await;
+            let written = self.write_rest(&mut turn, &data[done..], held).await;
             self.writing.set(false);
             if !written || self.aborted.get() {
-                return self.fail(socket);
+                return self.fail(turn);
             }
             if self.queue.borrow().is_empty() {
                 drop(data);
-                return self.idle(socket);
+                return self.idle(turn);
             }
-            match self.write_queue_now(&mut socket) {
+            match self.write_queue_now(&mut turn) {
                 Ok(next) => (data, done, held) = next,
-                Err(_) => return self.fail(socket),
+                Err(_) => return self.fail(turn),
             }
         }
     }
@@ -926,8 +951,8 @@ mod tests {
                 .try_into_poll_io()
                 .map_err(|(e, _)| e)
                 .expect("poll io");
-            let (input, write_half) = super::super::split::split(stream, Default::default());
-            let outbox = Outbox::attached(1 << 20, write_half);
+            let outbox = Outbox::attached(1 << 20, super::super::split::Socket::new(stream));
+            let input = super::super::split::Input::new(outbox.clone(), Default::default());
             assert!(outbox.push(payload));
             outbox.close(CloseCode::Normal);
             for _ in 0..2000 {

@@ -1,8 +1,10 @@
-//! The two sides of one socket: [`Input`] for the connection's reader, [`WriteHalf`] for its
-//! outbox (written by the worker's flusher, or by a writer task while the socket is full).
+//! The two sides of one socket: [`Input`] for the connection's reader, and the [`Socket`]
+//! itself, which lives in the connection's outbox (written by the worker's flusher, or by a
+//! writer task while the socket is full) so that a connection makes one allocation for its
+//! socket and its outgoing queue.
 //!
-//! Both live on one worker thread and are polled one at a time, so a `RefCell` suffices: a
-//! borrow lasts one `poll_*` call. [`Input`] keeps idle connections cheap: it waits for data
+//! Both sides live on one worker thread and are polled one at a time, so a `RefCell` suffices:
+//! a borrow lasts one `poll_*` call. [`Input`] keeps idle connections cheap: it waits for data
 //! with no buffer of its own, reading into the worker's shared scratch buffer during the poll
 //! and keeping only the bytes that arrived (its `staging`). The frame parser is created only
 //! while those bytes are parsed (see `connection`). [`Feed`] counts every byte handed to the
@@ -10,8 +12,8 @@
 //!
 //! Guarantees: `staging` is freed as soon as the parser has taken all of it; [`Feed`] counts
 //! exactly the bytes it hands over; [`Input::poll_fill`] reports EOF as `Ok(false)`.
-//! Not guaranteed / not here: the halves are `!Send` (`Rc`) and stay on the worker that split
-//! them; framing, limits and timeouts are the reader's.
+//! Not guaranteed / not here: the sides are `!Send` (`Rc`) and stay on the worker that made
+//! them; framing, limits and timeouts are the reader's; who may write when is the outbox's.
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -24,33 +26,59 @@ use bytes::{Buf, BytesMut};
 use monoio::net::tcp::stream_poll::TcpStreamPoll;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::outbox::Outbox;
+
 /// Most bytes one read of the frame parser takes from the socket.
 const MAX_READ_AHEAD: usize = 64 * 1024;
 
-/// The reading side: the socket plus bytes read but not yet parsed.
+/// One connection's socket, borrowed for one poll at a time by its reader or its writer.
+pub struct Socket(RefCell<TcpStreamPoll>);
+
+impl Socket {
+    /// Wraps `stream`.
+    pub fn new(stream: TcpStreamPoll) -> Self {
+        Self(RefCell::new(stream))
+    }
+
+    fn poll_read(&self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_read(cx, buf)
+    }
+
+    /// Writes what the socket takes of `buf` (`Pending` with `cx` registered if nothing).
+    pub fn poll_write(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_write(cx, buf)
+    }
+
+    /// Writes what the socket takes of `bufs`, in order.
+    pub fn poll_write_vectored(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_write_vectored(cx, bufs)
+    }
+
+    /// Shuts the write side (`shutdown(SHUT_WR)`).
+    pub fn poll_shutdown(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_shutdown(cx)
+    }
+}
+
+/// The reading side: the outbox holding the socket, plus bytes read but not yet parsed.
 pub struct Input {
-    stream: Rc<RefCell<TcpStreamPoll>>,
+    outbox: Rc<Outbox>,
     staging: BytesMut,
 }
 
-/// The writing side.
-pub struct WriteHalf {
-    stream: Rc<RefCell<TcpStreamPoll>>,
-}
-
-/// Splits `stream`; `prefix` holds bytes that arrived behind the upgrade request.
-pub fn split(stream: TcpStreamPoll, prefix: BytesMut) -> (Input, WriteHalf) {
-    let stream = Rc::new(RefCell::new(stream));
-    (
-        Input {
-            stream: stream.clone(),
-            staging: prefix,
-        },
-        WriteHalf { stream },
-    )
-}
-
 impl Input {
+    /// Reads `outbox`'s socket; `prefix` holds bytes that arrived behind the upgrade request.
+    pub fn new(outbox: Rc<Outbox>, prefix: BytesMut) -> Self {
+        Self {
+            outbox,
+            staging: prefix,
+        }
+    }
+
     /// Whether read bytes are waiting to be parsed.
     pub fn has_staged(&self) -> bool {
         !self.staging.is_empty()
@@ -67,8 +95,7 @@ impl Input {
     ) -> Poll<io::Result<bool>> {
         let mut scratch = scratch.borrow_mut();
         let mut buf = ReadBuf::new(&mut scratch[..]);
-        let mut s = self.stream.borrow_mut();
-        match Pin::new(&mut *s).poll_read(cx, &mut buf) {
+        match socket_of(&self.outbox)?.poll_read(cx, &mut buf) {
             Poll::Ready(Ok(())) => {
                 let got = buf.filled();
                 self.staging.extend_from_slice(got);
@@ -78,6 +105,13 @@ impl Input {
             Poll::Pending => Poll::Pending,
         }
     }
+}
+
+/// The socket an input reads: its outbox's (an outbox made without one has nothing to read).
+fn socket_of(outbox: &Outbox) -> io::Result<&Socket> {
+    outbox
+        .socket()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "outbox without a socket"))
 }
 
 /// An [`Input`] as seen by the frame parser, counting the bytes handed over.
@@ -118,8 +152,7 @@ impl AsyncRead for Feed<'_> {
             let mut chunk = [MaybeUninit::<u8>::uninit(); MAX_READ_AHEAD];
             let limit = buf.remaining().min(MAX_READ_AHEAD);
             let mut small = ReadBuf::uninit(&mut chunk[..limit]);
-            let mut s = this.input.stream.borrow_mut();
-            if let Poll::Ready(r) = Pin::new(&mut *s).poll_read(cx, &mut small) {
+            if let Poll::Ready(r) = socket_of(&this.input.outbox)?.poll_read(cx, &mut small) {
                 r?;
             } else {
                 return Poll::Pending;
@@ -129,35 +162,5 @@ impl AsyncRead for Feed<'_> {
         this.fed
             .set(this.fed.get() + (buf.filled().len() - before) as u64);
         Poll::Ready(Ok(()))
-    }
-}
-
-impl AsyncWrite for WriteHalf {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let mut s = self.stream.borrow_mut();
-        Pin::new(&mut *s).poll_write(cx, buf)
-    }
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let mut s = self.stream.borrow_mut();
-        Pin::new(&mut *s).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut s = self.stream.borrow_mut();
-        Pin::new(&mut *s).poll_flush(cx)
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut s = self.stream.borrow_mut();
-        Pin::new(&mut *s).poll_shutdown(cx)
     }
 }
