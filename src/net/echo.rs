@@ -27,9 +27,20 @@ pub const ECHO_MAX_FRAGMENTS: usize = 100_000;
 
 struct Echo<'a> {
     outbox: &'a Outbox,
+    scratch: &'a RefCell<Vec<u8>>,
+    limits: Limits,
 }
 
 impl Handler for Echo<'_> {
+    fn outbox(&self) -> &Outbox {
+        self.outbox
+    }
+    fn scratch(&self) -> &RefCell<Vec<u8>> {
+        self.scratch
+    }
+    fn limits(&self) -> Limits {
+        self.limits
+    }
     fn seen(&self, _now: Instant) {}
     fn draining(&self) -> bool {
         false
@@ -70,9 +81,13 @@ async fn serve(stream: monoio::net::TcpStream, scratch: Rc<RefCell<Vec<u8>>>, li
         limits.max_message_size.saturating_mul(4),
         Socket::new(stream),
     );
-    let mut input = Input::new(outbox.clone(), BytesMut::from(&buf[consumed..]));
-    let echo = Echo { outbox: &outbox };
-    let end = read_loop(&mut input, &outbox, &scratch, limits, &echo).await;
+    let mut input = Input::new(BytesMut::from(&buf[consumed..]));
+    let echo = Echo {
+        outbox: &outbox,
+        scratch: &scratch,
+        limits,
+    };
+    let end = read_loop(&mut input, &echo).await;
     if let End::Violation(code) = end {
         outbox.close(code);
     }

@@ -952,7 +952,7 @@ mod tests {
                 .map_err(|(e, _)| e)
                 .expect("poll io");
             let outbox = Outbox::attached(1 << 20, super::super::split::Socket::new(stream));
-            let input = super::super::split::Input::new(outbox.clone(), Default::default());
+            let input = super::super::split::Input::new(Default::default());
             assert!(outbox.push(payload));
             outbox.close(CloseCode::Normal);
             for _ in 0..2000 {

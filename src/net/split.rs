@@ -19,7 +19,6 @@ use std::cell::{Cell, RefCell};
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::rc::Rc;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, BytesMut};
@@ -64,19 +63,16 @@ impl Socket {
     }
 }
 
-/// The reading side: the outbox holding the socket, plus bytes read but not yet parsed.
+/// The reading side: bytes read but not yet parsed (the socket is read through the outbox
+/// that holds it, which every caller has at hand: 8 bytes fewer in every idle task).
 pub struct Input {
-    outbox: Rc<Outbox>,
     staging: BytesMut,
 }
 
 impl Input {
-    /// Reads `outbox`'s socket; `prefix` holds bytes that arrived behind the upgrade request.
-    pub fn new(outbox: Rc<Outbox>, prefix: BytesMut) -> Self {
-        Self {
-            outbox,
-            staging: prefix,
-        }
+    /// An input starting with `prefix`, the bytes that arrived behind the upgrade request.
+    pub fn new(prefix: BytesMut) -> Self {
+        Self { staging: prefix }
     }
 
     /// Whether read bytes are waiting to be parsed.
@@ -84,18 +80,19 @@ impl Input {
         !self.staging.is_empty()
     }
 
-    /// Stages whatever the socket has, reading through `scratch` (a buffer shared by the
+    /// Stages whatever `outbox`'s socket has, reading through `scratch` (a buffer shared by the
     /// worker's connections; borrowed only for this call); `Pending` (with `cx` registered)
     /// while it has nothing. `Ok(false)` on EOF. The reader's idle wait polls this directly, so
     /// an idle connection's task holds no future of its own for it.
     pub fn poll_fill(
         &mut self,
         cx: &mut Context<'_>,
+        outbox: &Outbox,
         scratch: &RefCell<Vec<u8>>,
     ) -> Poll<io::Result<bool>> {
         let mut scratch = scratch.borrow_mut();
         let mut buf = ReadBuf::new(&mut scratch[..]);
-        match socket_of(&self.outbox)?.poll_read(cx, &mut buf) {
+        match socket_of(outbox)?.poll_read(cx, &mut buf) {
             Poll::Ready(Ok(())) => {
                 let got = buf.filled();
                 self.staging.extend_from_slice(got);
@@ -117,13 +114,14 @@ fn socket_of(outbox: &Outbox) -> io::Result<&Socket> {
 /// An [`Input`] as seen by the frame parser, counting the bytes handed over.
 pub struct Feed<'a> {
     input: &'a mut Input,
+    outbox: &'a Outbox,
     fed: &'a Cell<u64>,
 }
 
 impl<'a> Feed<'a> {
-    /// A feed adding to `fed`.
-    pub fn new(input: &'a mut Input, fed: &'a Cell<u64>) -> Self {
-        Self { input, fed }
+    /// A feed of `input`, then of `outbox`'s socket, adding to `fed`.
+    pub fn new(input: &'a mut Input, outbox: &'a Outbox, fed: &'a Cell<u64>) -> Self {
+        Self { input, outbox, fed }
     }
 }
 
@@ -152,7 +150,7 @@ impl AsyncRead for Feed<'_> {
             let mut chunk = [MaybeUninit::<u8>::uninit(); MAX_READ_AHEAD];
             let limit = buf.remaining().min(MAX_READ_AHEAD);
             let mut small = ReadBuf::uninit(&mut chunk[..limit]);
-            if let Poll::Ready(r) = socket_of(&this.input.outbox)?.poll_read(cx, &mut small) {
+            if let Poll::Ready(r) = socket_of(this.outbox)?.poll_read(cx, &mut small) {
                 r?;
             } else {
                 return Poll::Pending;

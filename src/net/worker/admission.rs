@@ -27,6 +27,13 @@ pub struct TaskGuard {
     ip: Option<IpAddr>,
 }
 
+impl TaskGuard {
+    /// The worker the connection was admitted to.
+    pub fn worker(&self) -> &Rc<Worker> {
+        &self.worker
+    }
+}
+
 impl Drop for TaskGuard {
     fn drop(&mut self) {
         let w = &self.worker;
