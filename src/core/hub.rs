@@ -233,14 +233,16 @@ pub struct Hub<T> {
     /// The sessions' rules, from `config`, kept once.
     rules: Rules,
     conns: Slab<Member<T>>,
-    rooms: Rooms<usize>,
+    /// Room members by [`room_key`]: 4 bytes each, so a room's first members fit a 16-byte
+    /// allocation (rooms with one or two members, direct messages, are common).
+    rooms: Rooms<u32>,
     typing: Typing<(usize, Arc<str>)>,
     presence: Presence,
     effects: VecDeque<Effect>,
     draining: bool,
     next_heartbeat: Instant,
     wall: fn() -> String,
-    scratch: Vec<usize>,
+    scratch: Vec<u32>,
 }
 
 impl<T> Hub<T> {
@@ -316,7 +318,8 @@ impl<T> Hub<T> {
     ) {
         let conns = &self.conns;
         self.rooms
-            .for_each_member(rooms, exclude, &mut self.scratch, |slot| {
+            .for_each_member(rooms, exclude.map(room_key), &mut self.scratch, |key| {
+                let slot = key as usize;
                 if let Some(m) = conns.get(slot) {
                     deliver(slot, m);
                 }
@@ -624,8 +627,8 @@ impl<T> Hub<T> {
     /// The users with connections here in `chat`, with their connection counts.
     pub fn users_in(&self, chat: &str) -> HashMap<Arc<str>, usize> {
         let mut users: HashMap<Arc<str>, usize> = HashMap::new();
-        for slot in self.rooms.members(chat) {
-            if let Some(m) = self.conns.get(*slot) {
+        for &key in self.rooms.members(chat) {
+            if let Some(m) = self.conns.get(key as usize) {
                 *users.entry(m.user().id.clone()).or_insert(0) += 1;
             }
         }
@@ -822,7 +825,7 @@ impl<T> Hub<T> {
     }
 
     fn join_room(&mut self, chat: &Arc<str>, conn: usize) {
-        if self.rooms.join(chat, conn) {
+        if self.rooms.join(chat, room_key(conn)) {
             self.effects.push_back(Effect::Interest {
                 room: chat.clone(),
                 joined: true,
@@ -831,7 +834,7 @@ impl<T> Hub<T> {
     }
 
     fn leave_room(&mut self, chat: &Arc<str>, conn: usize) {
-        if self.rooms.leave(chat, conn) {
+        if self.rooms.leave(chat, room_key(conn)) {
             self.effects.push_back(Effect::Interest {
                 room: chat.clone(),
                 joined: false,
@@ -846,6 +849,13 @@ impl<T> Hub<T> {
             .and_then(|m| m.session.chats().iter().find(|c| &***c == chat).cloned())
             .unwrap_or_else(|| chat.into())
     }
+}
+
+/// A connection's key in the rooms: its slot, in 32 bits. Slots stay below the number of
+/// connections open at once, and Linux caps a process's open files at `fs.nr_open` (at most
+/// 2^30), so the conversion is exact.
+fn room_key(conn: usize) -> u32 {
+    conn as u32
 }
 
 #[cfg(test)]
