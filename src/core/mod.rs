@@ -17,6 +17,7 @@
 //! - [`pressure`]: which chats have readers behind, so their senders pause briefly.
 //! - [`rate`]: the per-connection message rate limit (token bucket).
 //! - [`stall`]: the stall rule (no progress while bytes wait), counted in looks.
+//! - [`table`]: hash maps with an entry per connection or room, from the system allocator.
 //! - [`session`]: one connection's rules — membership checks, rate-limited re-fetch of the
 //!   user's chats, liveness.
 
@@ -30,4 +31,5 @@ pub mod rate;
 pub mod room;
 pub mod session;
 pub mod stall;
+pub mod table;
 pub mod typing;

@@ -6,13 +6,20 @@
 //! worker (chosen by hashing the user id), so counts stay exact across workers without locks.
 //! Not guaranteed: a disconnect for a user never connected is ignored rather than reported.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::table::{table, Table};
+
 /// Connection counts per user.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Presence {
-    counts: HashMap<Arc<str>, u32>,
+    counts: Table<Arc<str>, u32>,
+}
+
+impl Default for Presence {
+    fn default() -> Self {
+        Self { counts: table() }
+    }
 }
 
 impl Presence {

@@ -4,21 +4,20 @@
 //! excluded (the sender of a typing event). Membership is local to one worker: other workers
 //! keep their own, and events reach them through their mailboxes.
 
-use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::Arc;
+
+use super::table::{table, Table};
 
 /// Members of each chat, for one worker.
 #[derive(Debug)]
 pub struct Rooms<K> {
-    members: HashMap<Arc<str>, Vec<K>>,
+    members: Table<Arc<str>, Vec<K>>,
 }
 
 impl<K> Default for Rooms<K> {
     fn default() -> Self {
-        Self {
-            members: HashMap::new(),
-        }
+        Self { members: table() }
     }
 }
 
