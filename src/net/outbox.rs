@@ -493,16 +493,17 @@ impl Outbox {
         .await
     }
 
-    /// The socket, for readers (its [`super::split::Input`]); `None` without one.
-    pub fn socket(&self) -> Option<&Socket> {
-        self.socket.as_ref()
+    /// The socket, for its reader ([`super::split::Input`]); an error for an outbox made
+    /// without one (there is nothing to read).
+    pub fn socket(&self) -> std::io::Result<&Socket> {
+        self.socket.as_ref().ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::NotConnected, "outbox without a socket")
+        })
     }
 
     /// The socket, for the holder of the write `turn` (there is one whenever a turn exists).
     fn socket_for(&self, _turn: &mut WriteTurn) -> std::io::Result<&Socket> {
-        self.socket.as_ref().ok_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::NotConnected, "outbox without a socket")
-        })
+        self.socket()
     }
 
     /// Counts `n` bytes the socket accepted.
@@ -952,7 +953,6 @@ mod tests {
                 .map_err(|(e, _)| e)
                 .expect("poll io");
             let outbox = Outbox::attached(1 << 20, super::super::split::Socket::new(stream));
-            let input = super::super::split::Input::new(Default::default());
             assert!(outbox.push(payload));
             outbox.close(CloseCode::Normal);
             for _ in 0..2000 {
@@ -965,7 +965,6 @@ mod tests {
                 outbox.writer_done(),
                 "the flusher wrote and shut the socket within 2 s"
             );
-            drop(input);
             (outbox, peer)
         });
         drop(outbox);

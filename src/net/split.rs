@@ -92,7 +92,7 @@ impl Input {
     ) -> Poll<io::Result<bool>> {
         let mut scratch = scratch.borrow_mut();
         let mut buf = ReadBuf::new(&mut scratch[..]);
-        match socket_of(outbox)?.poll_read(cx, &mut buf) {
+        match outbox.socket()?.poll_read(cx, &mut buf) {
             Poll::Ready(Ok(())) => {
                 let got = buf.filled();
                 self.staging.extend_from_slice(got);
@@ -102,13 +102,6 @@ impl Input {
             Poll::Pending => Poll::Pending,
         }
     }
-}
-
-/// The socket an input reads: its outbox's (an outbox made without one has nothing to read).
-fn socket_of(outbox: &Outbox) -> io::Result<&Socket> {
-    outbox
-        .socket()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "outbox without a socket"))
 }
 
 /// An [`Input`] as seen by the frame parser, counting the bytes handed over.
@@ -150,7 +143,7 @@ impl AsyncRead for Feed<'_> {
             let mut chunk = [MaybeUninit::<u8>::uninit(); MAX_READ_AHEAD];
             let limit = buf.remaining().min(MAX_READ_AHEAD);
             let mut small = ReadBuf::uninit(&mut chunk[..limit]);
-            if let Poll::Ready(r) = socket_of(this.outbox)?.poll_read(cx, &mut small) {
+            if let Poll::Ready(r) = this.outbox.socket()?.poll_read(cx, &mut small) {
                 r?;
             } else {
                 return Poll::Pending;
