@@ -380,17 +380,24 @@ fn rounds_of_32_clients_by_200_messages_pass_with_default_limits() {
 #[test]
 fn a_sender_is_paced_to_a_draining_reader_on_another_worker_instead_of_the_reader_being_cut() {
     let _alone = alone();
-    // One sender bursts 12 MB into a chat; its one reader drains steadily but at a third of
-    // that speed, on the other worker. Without publisher back-pressure the reader's backlog
-    // passes the cap and it is closed (4009); with it, the sender is paused while the reader
-    // is over a quarter of the cap behind, and the reader gets everything. The cap is 4 MiB
-    // here (16 MiB by default) so that the test takes seconds, not tens of them.
+    // One sender bursts 12 MB into a chat; its one reader drains steadily but slowly, on the
+    // other worker. Without publisher back-pressure the reader's backlog passes the cap and it
+    // is closed (4009); with it, the sender is paused while the reader is over a quarter of
+    // the cap behind, and the reader gets everything. The cap is 4 MiB here (16 MiB by
+    // default) so that the test takes seconds, not tens of them.
+    //
+    // STALL_TIMEOUT is raised so that the sender's pause budget (a quarter of it, unit-tested
+    // in `core::pressure`) is not what this test measures: with the default 15 s the budget
+    // (3.75 s of pauses) covered 12 MB only if the reader drained about 2 MB/s or more, and a
+    // loaded machine slowed the reader below that and cut it. With 60 s (15 s of pauses) the
+    // reader can be slow enough that even a loaded server outpaces it.
     let (store, alice, bob) = world();
     let server = ServerBuilder::new(&store.path)
         .env("WORKERS", "2")
         .env("RATE_LIMIT", "0")
         .env("MAX_MESSAGE_SIZE", "100000")
         .env("MAX_OUTBOX_BYTES", (4 << 20).to_string())
+        .env("STALL_TIMEOUT", "60000")
         .spawn();
     // A tiny receive buffer, so that the backlog waits in the server's queue, where publisher
     // back-pressure sees it (not in kernel buffers). At this size the socket may sit in TCP's
@@ -417,10 +424,12 @@ fn a_sender_is_paced_to_a_draining_reader_on_another_worker_instead_of_the_reade
         let mut buf = vec![0u8; 1 << 16];
         while matches!(echoes.read(&mut buf), Ok(n) if n > 0) {}
     });
-    const N: usize = 200; // 12 MB
-                          // ~2.4 MB/s: a fraction of what the sender and server manage, and slow enough that
-                          // pauses within the sender's budget (a quarter of STALL_TIMEOUT) keep it under the cap.
-    let reader = read_in_thread(reader, "the reader", N, Duration::from_millis(20));
+    // 200 messages of 60 KB, 12 MB. The reader takes at most ~1.8 MB/s: a fraction of what
+    // the sender and even a loaded server manage (so the reader falls behind and the sender is
+    // paused), and still faster than a paced sender (one message per pause of at most
+    // MAX_PAUSE_MS, ~1.2 MB/s), so that the pauses bring the backlog down.
+    const N: usize = 200;
+    let reader = read_in_thread(reader, "the reader", N, Duration::from_millis(33));
     let mut out = &sender;
     let started = Instant::now();
     for i in 0..N {

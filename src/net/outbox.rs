@@ -62,7 +62,7 @@ const SHARE_MIN: usize = 1024;
 /// Most frames gathered into one vectored write.
 const MAX_SLICES: usize = 64;
 /// A connection counts as draining for publisher back-pressure while its socket accepted
-/// bytes of a backlog this recently. Generous: Linux wakes a blocked writer only once a third
+/// bytes this recently. Generous: Linux wakes a blocked writer only once a third
 /// of the socket's send buffer (up to 4 MB) is free, so a reader draining 1 MB/s shows
 /// progress about once a second.
 const DRAINING_WITHIN_MS: u32 = 2000;
@@ -207,7 +207,7 @@ pub struct Outbox {
     writing: Cell<bool>,
     /// Bytes the writer took from the queue and has not written yet (they count for the cap).
     in_flight: Cell<u32>,
-    /// When the socket last accepted bytes of a backlog ([`now_ms`]; 0 = never).
+    /// When the socket last accepted bytes ([`now_ms`]; 0 = never).
     drained_at: Cell<u32>,
     /// The stall rule's state, advanced by [`Outbox::look`].
     watch: Cell<StallWatch>,
@@ -373,7 +373,7 @@ impl Outbox {
     }
 
     /// Whether this connection should slow down the senders of what it receives: over a
-    /// quarter of its cap behind, and its socket accepted backlog bytes in the last
+    /// quarter of its cap behind, and its socket accepted bytes in the last
     /// `DRAINING_WITHIN_MS` (a reader that is not draining is left to the stall rule;
     /// slowing senders for it would help nobody). Reads the clock only when behind.
     pub fn pressing(&self) -> bool {
@@ -513,8 +513,11 @@ impl Outbox {
         self.in_flight
             .set(self.in_flight.get().saturating_sub(to_u32(n)));
         queued_sub(n);
-        if self.behind() {
-            // Only far behind: then a clock read per write is cheap next to the write.
+        if n > 0 {
+            // Every write, not only those of a backlog: a backlog forms while the writer waits
+            // for a send buffer of megabytes to drain (see DRAINING_WITHIN_MS), so the last
+            // progress before it formed is what says the reader drains. A clock read (tens of
+            // ns) is small next to the system call that wrote the bytes.
             self.drained_at.set(now_ms());
         }
     }
@@ -911,10 +914,7 @@ mod tests {
         o.progress(0);
         assert!(!o.pressing(), "under a quarter of the cap");
         assert!(o.push(&[0; 200]));
-        assert!(
-            !o.pressing(),
-            "behind, but its socket never accepted backlog bytes"
-        );
+        assert!(!o.pressing(), "behind, but its socket never accepted bytes");
         o.progress(10);
         assert!(o.pressing(), "behind and draining");
         o.drained_at
@@ -923,6 +923,17 @@ mod tests {
             !o.pressing(),
             "behind, but no progress lately: the stall rule's case"
         );
+    }
+
+    #[test]
+    fn a_backlog_that_formed_while_the_writer_waited_presses_its_senders_at_once() {
+        // The writer wrote, then waited for the send buffer while the backlog grew: that
+        // last write is the reader's progress, though the connection was not behind then.
+        let o = Outbox::new(4000);
+        assert!(o.push(&[0; 100]));
+        o.progress(100);
+        assert!(o.push(&[0; 1100]));
+        assert!(o.pressing(), "behind, and its socket accepted bytes lately");
     }
 
     #[test]
