@@ -45,6 +45,11 @@ impl Stamp {
         Stamp(self.0.wrapping_add(d.as_millis() as u32))
     }
 
+    /// The stamp `d` earlier (wrapping).
+    pub fn before(self, d: Duration) -> Stamp {
+        Stamp(self.0.wrapping_sub(d.as_millis() as u32))
+    }
+
     /// The time from `earlier` to this moment; zero if this moment is not after it.
     pub fn since(self, earlier: Stamp) -> Duration {
         let delta = self.0.wrapping_sub(earlier.0) as i32;
@@ -78,6 +83,11 @@ mod tests {
         let late = Stamp::from_millis(u32::MAX - 500);
         let later = late.after(Duration::from_millis(1_500));
         assert_eq!(later.since(late), Duration::from_millis(1_500));
+        let early = Stamp::from_millis(200).before(Duration::from_millis(1_000));
+        assert_eq!(
+            Stamp::from_millis(200).since(early),
+            Duration::from_millis(1_000)
+        );
         assert_eq!(late.since(later), Duration::ZERO);
         let day = Duration::from_secs(86_400);
         assert_eq!(late.after(day * 20).since(late), day * 20);

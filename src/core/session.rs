@@ -57,8 +57,12 @@ type ApiChanges = Vec<(Arc<str>, bool)>;
 #[derive(Debug)]
 pub struct Session {
     user: User,
-    chats: Vec<Arc<str>>,
-    last_refetch: Option<Stamp>,
+    /// A boxed slice, not a `Vec`: 8 bytes less in every session; it changes only on joins,
+    /// leaves and re-fetches, which rebuild it.
+    chats: Box<[Arc<str>]>,
+    /// When the last re-fetch started; at creation, one `refetch_interval` before it, so the
+    /// first may start at once (4 bytes where an `Option` took 8).
+    last_refetch: Stamp,
     last_seen: Stamp,
     rate: RateLimit,
     /// Server API joins (`true`) and leaves made while a re-fetch is out: the fetched list
@@ -104,8 +108,8 @@ impl Session {
         Self {
             rate: RateLimit::new(rules.rate, rules.stamp(now)),
             user,
-            chats,
-            last_refetch: None,
+            chats: chats.into_boxed_slice(),
+            last_refetch: rules.stamp(now).before(rules.refetch_interval),
             last_seen: rules.stamp(now),
             since_refetch: None,
             paced: PaceBudget::default(),
@@ -146,12 +150,9 @@ impl Session {
     /// `refetch_interval`); if so, it counts as started.
     pub fn start_refetch(&mut self, now: Instant, rules: &Rules) -> bool {
         let now = rules.stamp(now);
-        let allowed = match self.last_refetch {
-            Some(t) => now.since(t) >= rules.refetch_interval,
-            None => true,
-        };
+        let allowed = now.since(self.last_refetch) >= rules.refetch_interval;
         if allowed {
-            self.last_refetch = Some(now);
+            self.last_refetch = now;
             self.since_refetch = Some(Box::default());
         }
         allowed
@@ -181,7 +182,7 @@ impl Session {
             .filter(|c| !chats.contains(c))
             .cloned()
             .collect();
-        self.chats = chats;
+        self.chats = chats.into_boxed_slice();
         MembershipChange { joined, left }
     }
 
@@ -190,7 +191,9 @@ impl Session {
         if self.is_member(chat) {
             return false;
         }
-        self.chats.push(chat.clone());
+        let mut chats = std::mem::take(&mut self.chats).into_vec();
+        chats.push(chat.clone());
+        self.chats = chats.into_boxed_slice();
         if let Some(log) = &mut self.since_refetch {
             log.push((chat.clone(), true));
         }
@@ -201,7 +204,9 @@ impl Session {
     /// under (the rooms are keyed by it), or `None` if it was not in it.
     pub fn leave(&mut self, chat: &str) -> Option<Arc<str>> {
         let i = self.chats.iter().position(|c| &**c == chat)?;
-        let left = self.chats.swap_remove(i);
+        let mut chats = std::mem::take(&mut self.chats).into_vec();
+        let left = chats.swap_remove(i);
+        self.chats = chats.into_boxed_slice();
         if let Some(log) = &mut self.since_refetch {
             log.push((left.clone(), false));
         }
