@@ -161,7 +161,7 @@ fn outbox_push(c: &mut Criterion) {
 /// A connected loopback pair: the server side as the worker holds it (poll-io), the peer a
 /// thread that reads until EOF (not joined: monoio closes a socket only when its runtime runs
 /// again).
-async fn loopback_pair() -> monoio::net::tcp::stream_poll::TcpStreamPoll {
+async fn loopback_pair() -> socket_server::net::stream::Stream {
     let listener = monoio::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
     let addr = listener.local_addr().expect("local addr");
     std::thread::spawn(move || {
@@ -172,10 +172,7 @@ async fn loopback_pair() -> monoio::net::tcp::stream_poll::TcpStreamPoll {
     });
     let (stream, _) = listener.accept().await.expect("accept");
     let _ = stream.set_nodelay(true);
-    stream
-        .try_into_poll_io()
-        .map_err(|(e, _)| e)
-        .expect("poll io")
+    socket_server::net::stream::from_tcp(stream).expect("poll io")
 }
 
 /// Writes `data` to `socket` without waiting, as the server's writes are made; when the socket

@@ -15,12 +15,12 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use monoio::net::tcp::stream_poll::TcpStreamPoll;
 use monoio::net::{ListenerOpts, TcpListener, TcpStream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::connection::read_head;
 use super::handshake::Request;
+use super::stream::Stream;
 use super::worker::Worker;
 use crate::api::{self, ApiError, Reply, Route};
 use crate::protocol::timestamp;
@@ -56,7 +56,7 @@ pub enum Port {
 /// arrived behind the head. Closes the connection afterwards.
 pub async fn serve(
     worker: &Rc<Worker>,
-    stream: &mut TcpStreamPoll,
+    stream: &mut Stream,
     req: &Request,
     rest: BytesMut,
     port: Port,
@@ -82,7 +82,7 @@ pub async fn serve(
 
 /// Writes `response`, closes the write side, then reads and drops what the client still sends
 /// (bounded), so a refused upload sees the answer rather than a reset.
-async fn respond(stream: &mut TcpStreamPoll, response: &[u8]) {
+async fn respond(stream: &mut Stream, response: &[u8]) {
     let written = monoio::time::timeout(WRITE_TIMEOUT, async {
         stream.write_all(response).await?;
         stream.shutdown().await
@@ -108,7 +108,7 @@ type Failure = (Option<Route>, ApiError);
 
 async fn answer(
     worker: &Rc<Worker>,
-    stream: &mut TcpStreamPoll,
+    stream: &mut Stream,
     req: &Request,
     rest: BytesMut,
     port: Port,
@@ -180,7 +180,7 @@ fn body_len(req: &Request, max: usize) -> Result<usize, ApiError> {
 /// Reads a `len`-byte body (`buf` holds what came behind the head), growing only by what
 /// arrives.
 async fn read_body(
-    stream: &mut TcpStreamPoll,
+    stream: &mut Stream,
     mut buf: BytesMut,
     len: usize,
 ) -> Result<BytesMut, ApiError> {
@@ -263,7 +263,7 @@ pub async fn serve_own_port(worker: Rc<Worker>, stream: TcpStream) {
         }
     }
     let _ = stream.set_nodelay(true);
-    let Ok(mut stream) = stream.try_into_poll_io() else {
+    let Ok(mut stream) = super::stream::from_tcp(stream) else {
         return;
     };
     // The drain waits for this request like for a WebSocket connection.

@@ -24,7 +24,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use monoio::net::tcp::stream_poll::TcpStreamPoll;
 use monoio::net::TcpStream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -32,6 +31,7 @@ use super::handshake::{self, Request, MAX_HEAD};
 use super::outbox::Outbox;
 use super::reader::{finish, linger, read_loop, End, Handler, Limits};
 use super::split::{Input, Socket};
+use super::stream::{self, Stream};
 use super::worker::{Refused, TaskGuard, Worker};
 use crate::backend::{BackendError, Profile};
 use crate::core::hub::Step;
@@ -56,7 +56,7 @@ const PROBE_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 /// Reads a request head into `buf` within `deadline`. `Ok(None)`: the peer closed or was too
 /// slow; the head is capped at [`MAX_HEAD`] bytes.
 pub(super) async fn read_head(
-    stream: &mut TcpStreamPoll,
+    stream: &mut Stream,
     buf: &mut BytesMut,
     deadline: Duration,
 ) -> Result<Option<(Request, usize)>, handshake::HandshakeError> {
@@ -76,7 +76,7 @@ pub(super) async fn read_head(
     head.unwrap_or(Ok(None))
 }
 
-async fn answer_bad_head(stream: &mut TcpStreamPoll, e: handshake::HandshakeError) {
+async fn answer_bad_head(stream: &mut Stream, e: handshake::HandshakeError) {
     let (status, reason) = e.status();
     let body = e.to_string();
     let response = http_response(status, reason, "text/plain", body.as_bytes());
@@ -84,7 +84,7 @@ async fn answer_bad_head(stream: &mut TcpStreamPoll, e: handshake::HandshakeErro
 }
 
 /// Answers a plain HTTP request (health, readiness, metrics, demo page) and closes.
-async fn answer_http(worker: &Rc<Worker>, stream: &mut TcpStreamPoll, req: &Request) {
+async fn answer_http(worker: &Rc<Worker>, stream: &mut Stream, req: &Request) {
     let response = crate::http::respond(&**worker, &req.method, &req.path).await;
     // Bounded: a client that never reads must not hold a connection slot forever.
     let _ = monoio::time::timeout(worker.config().listen.auth_timeout, async {
@@ -99,7 +99,7 @@ async fn answer_http(worker: &Rc<Worker>, stream: &mut TcpStreamPoll, req: &Requ
 /// [`PROBE_READ_TIMEOUT`] while fewer than [`MAX_PROBES`] such connections are being served.
 /// Not guaranteed: a client that itself opens [`MAX_PROBES`] silent sockets every
 /// [`PROBE_READ_TIMEOUT`] can still crowd probes out.
-async fn serve_refused(worker: &Rc<Worker>, stream: &mut TcpStreamPoll, refused: Refused) {
+async fn serve_refused(worker: &Rc<Worker>, stream: &mut Stream, refused: Refused) {
     /// Holds one probe slot; released however the probe ends.
     struct Slot<'a>(&'a std::sync::atomic::AtomicUsize);
     impl Drop for Slot<'_> {
@@ -136,12 +136,7 @@ async fn serve_refused(worker: &Rc<Worker>, stream: &mut TcpStreamPoll, refused:
 }
 
 /// A request that is not an upgrade: the server API, or the plain HTTP endpoints.
-async fn serve_plain(
-    worker: &Rc<Worker>,
-    stream: &mut TcpStreamPoll,
-    req: &Request,
-    rest: BytesMut,
-) {
+async fn serve_plain(worker: &Rc<Worker>, stream: &mut Stream, req: &Request, rest: BytesMut) {
     if crate::api::is_api_path(&req.path) {
         super::api::serve(worker, stream, req, rest, super::api::Port::Shared).await
     } else {
@@ -205,13 +200,13 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
 
 /// Admission (the connection caps) and the switch to readiness I/O; a refused socket is
 /// answered here. `None`: nothing more to do with it.
-async fn admit(worker: &Rc<Worker>, stream: TcpStream) -> Option<(TcpStreamPoll, TaskGuard)> {
+async fn admit(worker: &Rc<Worker>, stream: TcpStream) -> Option<(Stream, TaskGuard)> {
     let peer = stream.peer_addr().ok().map(|a| a.ip());
     let admitted = worker.admit(peer);
     let _ = stream.set_nodelay(true);
-    let mut stream = match stream.try_into_poll_io() {
+    let mut stream = match stream::from_tcp(stream) {
         Ok(s) => s,
-        Err((e, _)) => {
+        Err(e) => {
             tracing::warn!(error = %e, "poll-io conversion failed");
             return None;
         }
@@ -230,7 +225,7 @@ async fn admit(worker: &Rc<Worker>, stream: TcpStream) -> Option<(TcpStreamPoll,
 /// arrived behind the head, and the 101 answer to send.
 async fn upgrade(
     worker: &Rc<Worker>,
-    stream: &mut TcpStreamPoll,
+    stream: &mut Stream,
 ) -> Option<(Option<String>, String, BytesMut, Vec<u8>)> {
     let mut buf = BytesMut::with_capacity(1024);
     let (req, consumed) =

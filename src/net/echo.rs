@@ -53,7 +53,7 @@ impl Handler for Echo<'_> {
 
 async fn serve(stream: monoio::net::TcpStream, scratch: Rc<RefCell<Vec<u8>>>, limits: Limits) {
     let _ = stream.set_nodelay(true);
-    let Ok(mut stream) = stream.try_into_poll_io() else {
+    let Ok(mut stream) = super::stream::from_tcp(stream) else {
         return;
     };
     let mut buf = BytesMut::with_capacity(1024);

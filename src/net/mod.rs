@@ -11,6 +11,7 @@
 //! - [`echo`]: the conformance echo for Autobahn, on the same frame loop.
 //! - [`outbox`]: a connection's outgoing bytes, coalesced into one write per tick.
 //! - [`split`]: the socket's read and write halves for the two tasks of a connection.
+//! - [`stream`]: an accepted socket as the worker drives it (readiness I/O, 8 bytes).
 //!
 //! Guarantee: nothing here takes a lock shared with another worker on the message path; what
 //! crosses workers goes through the broker seam ([`crate::broker`]).
@@ -23,4 +24,5 @@ pub mod health;
 pub mod outbox;
 pub mod reader;
 pub mod split;
+pub mod stream;
 pub mod worker;

@@ -959,10 +959,7 @@ mod tests {
             let peer = std::net::TcpStream::connect(listener.local_addr().expect("addr"))
                 .expect("connect");
             let (stream, _) = listener.accept().await.expect("accept");
-            let stream = stream
-                .try_into_poll_io()
-                .map_err(|(e, _)| e)
-                .expect("poll io");
+            let stream = super::super::stream::from_tcp(stream).expect("poll io");
             let outbox = Outbox::attached(1 << 20, super::super::split::Socket::new(stream));
             assert!(outbox.push(payload));
             outbox.close(CloseCode::Normal);

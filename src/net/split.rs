@@ -22,20 +22,20 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, BytesMut};
-use monoio::net::tcp::stream_poll::TcpStreamPoll;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::outbox::Outbox;
+use super::stream::Stream;
 
 /// Most bytes one read of the frame parser takes from the socket.
 const MAX_READ_AHEAD: usize = 64 * 1024;
 
 /// One connection's socket, borrowed for one poll at a time by its reader or its writer.
-pub struct Socket(RefCell<TcpStreamPoll>);
+pub struct Socket(RefCell<Stream>);
 
 impl Socket {
     /// Wraps `stream`.
-    pub fn new(stream: TcpStreamPoll) -> Self {
+    pub fn new(stream: Stream) -> Self {
         Self(RefCell::new(stream))
     }
 
