@@ -10,7 +10,8 @@
 //! - [`reader`]: the frame loop (RFC 6455 obligations, limits), shared with the echo.
 //! - [`echo`]: the conformance echo for Autobahn, on the same frame loop.
 //! - [`outbox`]: a connection's outgoing bytes, coalesced into one write per tick.
-//! - [`split`]: the socket's read and write halves for the two tasks of a connection.
+//! - [`split`]: the two sides of a connection's socket: its reader's input, and the socket in its
+//!   outbox, which the flusher (or a writer task while the socket is full) writes.
 //! - [`stream`]: an accepted socket as the worker drives it (readiness I/O, 8 bytes).
 //!
 //! Guarantee: nothing here takes a lock shared with another worker on the message path; what

@@ -6,8 +6,9 @@
 //! carries out its effects ([`Worker::flush`]): frames into outboxes, closes, room events to
 //! local members and to the bus, presence changes to the bus. Other workers reach it only
 //! through its mailbox (`crate::broker`). Three long-lived tasks run on it: the accept loop,
-//! the mailbox loop and the ticker (the hub's timers and the stall rule); plus two tasks per
-//! connection.
+//! the mailbox loop and the ticker (the hub's timers and the stall rule); plus, per
+//! connection, its handshake task, then one steady-state task (and a writer task only while
+//! its socket cannot take what is queued; see `outbox`).
 //!
 //! Drain (SIGTERM/SIGINT): stop accepting and reading, let backend calls in flight finish
 //! (bounded by `SHUTDOWN_TIMEOUT`), then send every connection `SERVER_SHUTDOWN` and close 1001.
