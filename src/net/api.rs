@@ -10,12 +10,13 @@
 //! the key or a body. Not guaranteed: keep-alive (every answer closes its connection; batch
 //! with `POST /api/events`); chunked request bodies (answered 411).
 
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use monoio::net::{ListenerOpts, TcpListener, TcpStream};
+use monoio::net::TcpStream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::connection::read_head;
@@ -248,13 +249,8 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-/// Binds the `API_PORT` listener of a worker after the first (the first is bound by `main`).
-pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind_with_config(addr, &ListenerOpts::new().reuse_port(true).backlog(1024))
-}
-
 /// Serves one connection accepted on `API_PORT`.
-pub async fn serve_own_port(worker: Rc<Worker>, stream: TcpStream) {
+pub async fn serve_own_port(worker: Rc<Worker>, stream: TcpStream, _peer: SocketAddr) {
     /// Holds one of the [`MAX_API_CONNECTIONS`] slots.
     struct Slot<'a>(&'a std::sync::atomic::AtomicUsize);
     impl Drop for Slot<'_> {
@@ -262,7 +258,7 @@ pub async fn serve_own_port(worker: Rc<Worker>, stream: TcpStream) {
             self.0.fetch_sub(1, Ordering::Relaxed);
         }
     }
-    let _ = stream.set_nodelay(true);
+    // TCP_NODELAY: inherited from the listener (`worker::bind_first`).
     let Ok(mut stream) = super::stream::from_tcp(stream) else {
         return;
     };

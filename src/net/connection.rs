@@ -18,6 +18,7 @@
 //! into the connection's [`Outbox`], flushed by the worker's flusher.
 
 use std::cell::RefCell;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -146,10 +147,10 @@ async fn serve_plain(worker: &Rc<Worker>, stream: &mut Stream, req: &Request, re
 
 /// Serves one accepted socket: handshake and authentication here, then the steady state in a
 /// task of its own (so the large handshake state is freed once the connection is idle).
-pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
+pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
     // AUTH_TIMEOUT bounds the request head and the authentication together, from accept.
     let accepted = Instant::now();
-    let Some((mut stream, live)) = admit(&worker, stream).await else {
+    let Some((mut stream, live)) = admit(&worker, stream, peer).await else {
         return;
     };
     let Some((token, path, prefix, accept)) = upgrade(&worker, &mut stream).await else {
@@ -200,10 +201,14 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
 
 /// Admission (the connection caps) and the switch to readiness I/O; a refused socket is
 /// answered here. `None`: nothing more to do with it.
-async fn admit(worker: &Rc<Worker>, stream: TcpStream) -> Option<(Stream, TaskGuard)> {
-    let peer = stream.peer_addr().ok().map(|a| a.ip());
-    let admitted = worker.admit(peer);
-    let _ = stream.set_nodelay(true);
+async fn admit(
+    worker: &Rc<Worker>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) -> Option<(Stream, TaskGuard)> {
+    // The peer address as accept returned it (no `getpeername`); TCP_NODELAY is inherited
+    // from the listener (`worker::bind_first`).
+    let admitted = worker.admit(Some(peer.ip()));
     let mut stream = match stream::from_tcp(stream) {
         Ok(s) => s,
         Err(e) => {

@@ -30,7 +30,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use monoio::net::{ListenerOpts, TcpListener};
+use monoio::net::TcpListener;
 use slab::Slab;
 
 use super::connection;

@@ -65,7 +65,7 @@ pub async fn accept_loop<F, Fut>(
     what: &'static str,
     serve: F,
 ) where
-    F: Fn(Rc<Worker>, monoio::net::TcpStream) -> Fut,
+    F: Fn(Rc<Worker>, monoio::net::TcpStream, SocketAddr) -> Fut,
     Fut: std::future::Future<Output = ()> + 'static,
 {
     loop {
@@ -74,8 +74,8 @@ pub async fn accept_loop<F, Fut>(
             _ = worker.stop.wait() => break,
         };
         match accepted {
-            Ok((stream, _peer)) => {
-                monoio::spawn(serve(worker.clone(), stream));
+            Ok((stream, peer)) => {
+                monoio::spawn(serve(worker.clone(), stream, peer));
             }
             Err(e) => {
                 // Typically EMFILE: back off instead of spinning on the error.
@@ -86,7 +86,12 @@ pub async fn accept_loop<F, Fut>(
     }
 }
 
-/// Binds the first listener (resolving port 0) so every worker can bind the same address.
+/// Binds a listener on `addr` that every worker can bind too (`SO_REUSEPORT`); the first one
+/// resolves port 0 for the others.
+///
+/// `TCP_NODELAY` is set here, once, instead of on every accepted socket: Linux copies it to
+/// the sockets a listener accepts (checked by `accepted_sockets_inherit_nodelay`), one system
+/// call per connection fewer.
 pub fn bind_first(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
@@ -96,6 +101,7 @@ pub fn bind_first(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     socket.set_reuse_port(true)?;
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;
+    socket.set_nodelay(true)?;
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
     Ok(socket.into())
@@ -161,14 +167,11 @@ fn run(id: usize, shared: Arc<Shared>, listeners: Listeners) -> std::io::Result<
         async move {
             let listener = match listeners.ws {
                 Some(l) => TcpListener::from_std(l)?,
-                None => TcpListener::bind_with_config(
-                    listeners.ws_addr,
-                    &ListenerOpts::new().reuse_port(true).backlog(4096),
-                )?,
+                None => TcpListener::from_std(bind_first(listeners.ws_addr)?)?,
             };
             let api_listener = match (listeners.api, listeners.api_addr) {
                 (Some(l), _) => Some(TcpListener::from_std(l)?),
-                (None, Some(addr)) => Some(crate::net::api::bind(addr)?),
+                (None, Some(addr)) => Some(TcpListener::from_std(bind_first(addr)?)?),
                 (None, None) => None,
             };
             let io_uring = !monoio::utils::is_legacy();
@@ -199,4 +202,20 @@ fn run(id: usize, shared: Arc<Shared>, listeners: Listeners) -> std::io::Result<
     // Nobody reads this mailbox any more: let requests waiting on it know now.
     shared.mailboxes[id].close();
     result
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn accepted_sockets_inherit_nodelay() {
+        let listener = super::bind_first("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let _client = std::net::TcpStream::connect(addr).expect("connect");
+        listener.set_nonblocking(false).expect("blocking");
+        let (accepted, _) = listener.accept().expect("accept");
+        assert!(
+            accepted.nodelay().expect("getsockopt"),
+            "TCP_NODELAY inherited"
+        );
+    }
 }
