@@ -20,6 +20,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use socket_server::core::room::Rooms;
+use socket_server::net::arena::EventFrame;
 use socket_server::net::outbox::{Class, Outbox, WRITE_CHUNK};
 use socket_server::net::split;
 use socket_server::protocol::{inbound, ChatMessage, Outbound};
@@ -130,7 +131,7 @@ fn outbox_push(c: &mut Criterion) {
         let outbox = Outbox::new(16 << 20);
         let mut n = 0;
         b.iter(|| {
-            black_box(outbox.push_event(black_box(&frame), Class::Reliable));
+            black_box(outbox.push_event(&mut EventFrame::new(black_box(&frame)), Class::Reliable));
             n += 1;
             if n == 32 {
                 // As the writer does once per pass: take the queue (which frees it when idle).
@@ -146,7 +147,7 @@ fn outbox_push(c: &mut Criterion) {
         outbox.push(&vec![0u8; WRITE_CHUNK]);
         let mut n = 0;
         b.iter(|| {
-            black_box(outbox.push_event(black_box(&big), Class::Reliable));
+            black_box(outbox.push_event(&mut EventFrame::new(black_box(&big)), Class::Reliable));
             n += 1;
             if n == 4096 {
                 black_box(outbox.take_for_bench());

@@ -10,6 +10,8 @@
 //! - [`reader`]: the frame loop (RFC 6455 obligations, limits), shared with the echo.
 //! - [`echo`]: the conformance echo for Autobahn, on the same frame loop.
 //! - [`outbox`]: a connection's outgoing bytes, coalesced into one write per tick.
+//! - [`arena`]: room events' frames, copied once per worker and pass, written from there to
+//!   every local recipient.
 //! - [`split`]: the two sides of a connection's socket: its reader's input, and the socket in its
 //!   outbox, which the flusher (or a writer task while the socket is full) writes.
 //! - [`stream`]: an accepted socket as the worker drives it (readiness I/O, 8 bytes).
@@ -18,6 +20,7 @@
 //! crosses workers goes through the broker seam ([`crate::broker`]).
 
 pub mod api;
+pub mod arena;
 pub mod connection;
 pub mod echo;
 pub mod handshake;

@@ -5,12 +5,17 @@
 //! after the tasks that queued, takes the whole queue and writes it without waiting
 //! (uWebSockets' "cork"). Only what a socket cannot take at once is left to a writer task of
 //! that connection's own, which waits for the socket and hands it back once the queue is
-//! empty; an idle connection has no writer task. Frames arrive already encoded (a room event is encoded once for all
-//! its recipients). While a connection keeps up (less than one write chunk queued) a frame is
-//! copied into the queue's tail, a `memcpy`; once it is behind, further room events of 1 KiB
-//! or more are held by reference ([`Outbox::push_event`]), so a burst that many slow readers
-//! hold costs its distinct bytes once, not once per reader. A backlog leaves in vectored writes of at most
-//! [`WRITE_CHUNK`] bytes, copying nothing.
+//! empty; an idle connection has no writer task. Frames arrive already encoded (a room event
+//! is encoded once for all its recipients). A room event for a connection whose socket is idle
+//! is copied once per worker into the pass's arena (`net::arena`) and the outbox keeps a span
+//! of it; consecutive events merge into one span, so a pass's events leave in one vectored
+//! write read from one shared copy, and what the socket does not take is copied out before the
+//! writer task waits with it. While a writer task has the socket, a frame is copied into the
+//! queue's tail (a `memcpy`) as long as the connection is less than one write chunk behind;
+//! once it is behind, further room events of 1 KiB or more are held by reference
+//! ([`Outbox::push_event`]), so a burst that many slow readers hold costs its distinct bytes
+//! once, not once per reader. A backlog leaves in vectored writes of at most [`WRITE_CHUNK`]
+//! bytes, copying nothing.
 //!
 //! The queue is capped at `cap` bytes (`MAX_OUTBOX_BYTES`), counted as if every frame were
 //! this connection's own. [`Class::Volatile`] frames (typing, presence, pings) are dropped
@@ -43,6 +48,7 @@ use std::time::Instant;
 
 use bytes::{Buf, Bytes};
 
+use super::arena::{EventFrame, Span};
 use super::split::Socket;
 pub use crate::core::event::Class;
 use crate::core::stall::{Look, StallWatch};
@@ -109,9 +115,33 @@ pub enum Pushed {
 /// connection that fell behind has them, and idle connections must stay small.
 #[derive(Default)]
 struct Held {
-    parts: VecDeque<Bytes>,
+    parts: VecDeque<Part>,
     /// Bytes in `parts`.
     len: usize,
+}
+
+/// A queued run of bytes not copied into the outbox's tail.
+enum Part {
+    /// A frame held by reference (shared with other outboxes), or a sealed tail.
+    Bytes(Bytes),
+    /// Frames in the worker's arena, kept only until the end of the pass.
+    Span(Span),
+}
+
+impl Part {
+    fn len(&self) -> usize {
+        match self {
+            Part::Bytes(b) => b.len(),
+            Part::Span(s) => s.len(),
+        }
+    }
+
+    fn advance(&mut self, n: usize) {
+        match self {
+            Part::Bytes(b) => b.advance(n),
+            Part::Span(s) => s.advance(n),
+        }
+    }
 }
 
 /// The queued bytes, in order: `held` frames first, then the copied `tail`.
@@ -140,13 +170,28 @@ impl Queue {
     }
 
     fn hold(&mut self, frame: Bytes) {
-        self.held.get_or_insert_with(Box::default);
-        // What was copied so far goes first: keep the order.
-        self.seal_tail();
-        if let Some(held) = &mut self.held {
-            held.len += frame.len();
-            held.parts.push_back(frame);
+        let held = self.held_after_tail();
+        held.len += frame.len();
+        held.parts.push_back(Part::Bytes(frame));
+    }
+
+    /// Queues an arena span, merged into the last part when it follows it.
+    fn hold_span(&mut self, span: &Span) {
+        let held = self.held_after_tail();
+        held.len += span.len();
+        if let Some(Part::Span(last)) = held.parts.back_mut() {
+            if last.extend(span) {
+                return;
+            }
         }
+        held.parts.push_back(Part::Span(span.clone()));
+    }
+
+    /// The held parts, with what was copied so far moved to their end (keeping the order).
+    fn held_after_tail(&mut self) -> &mut Held {
+        self.held.get_or_insert_with(Box::default);
+        self.seal_tail();
+        self.held.get_or_insert_with(Box::default)
     }
 
     /// Moves the copied tail to the end of `held` (no copy) if there is a `held`.
@@ -155,7 +200,7 @@ impl Queue {
             if !self.tail.is_empty() {
                 let tail = Bytes::from(std::mem::take(&mut self.tail));
                 held.len += tail.len();
-                held.parts.push_back(tail);
+                held.parts.push_back(Part::Bytes(tail));
             }
         }
     }
@@ -289,12 +334,18 @@ impl Outbox {
         self.push_with(frame.len(), class, |q, _| q.copy_in(frame))
     }
 
-    /// Queues a room event's frame, shared with its other recipients: copied while this
-    /// connection keeps up (cheaper than counting a reference), held by reference once it is
-    /// a write chunk behind, unless it is shorter than `SHARE_MIN`.
-    pub fn push_event(&self, frame: &Bytes, class: Class) -> Pushed {
+    /// Queues a room event's frame, shared with its other recipients. While the socket is
+    /// idle (this pass's flush writes it) the outbox keeps a span of the worker's one copy
+    /// (`net::arena`). While a waiting writer has the socket, the frame is copied as long as
+    /// the connection keeps up (cheaper than counting a reference), and held by reference once
+    /// it is a write chunk behind, unless it is shorter than `SHARE_MIN`.
+    pub fn push_event(&self, event: &mut EventFrame<'_>, class: Class) -> Pushed {
+        let frame = event.bytes();
+        let idle = self.turn_here();
         self.push_with(frame.len(), class, |q, pending| {
-            if pending < WRITE_CHUNK || frame.len() < SHARE_MIN {
+            if idle {
+                q.hold_span(event.span())
+            } else if pending < WRITE_CHUNK || frame.len() < SHARE_MIN {
                 q.copy_in(frame)
             } else {
                 q.hold(frame.clone())
@@ -455,7 +506,10 @@ impl Outbox {
         let mut queue = self.queue.borrow_mut();
         let mut out = Vec::with_capacity(queue.len());
         for part in queue.held.iter().flat_map(|h| h.parts.iter()) {
-            out.extend_from_slice(part);
+            match part {
+                Part::Bytes(b) => out.extend_from_slice(b),
+                Part::Span(s) => out.extend_from_slice(s.bytes_in(&s.chunk())),
+            }
         }
         out.extend_from_slice(&queue.tail);
         queued_sub(queue.clear());
@@ -473,13 +527,18 @@ impl Outbox {
         if self.listed.get() || self.writer_done.get() {
             return;
         }
-        let present = self.turn.take();
-        let idle = present.is_some();
-        self.turn.set(present);
-        if let (true, Some(me)) = (idle, self.me.upgrade()) {
+        if let (true, Some(me)) = (self.turn_here(), self.me.upgrade()) {
             self.listed.set(true);
             flusher::list(me);
         }
+    }
+
+    /// Whether nobody writes the socket now: the next flush pass will (see `wake_writer`).
+    fn turn_here(&self) -> bool {
+        let present = self.turn.take();
+        let here = present.is_some();
+        self.turn.set(present);
+        here
     }
 
     async fn abort_signal(&self) {
@@ -543,32 +602,79 @@ impl Outbox {
         Ok(())
     }
 
-    /// Writes every part of `parts` in vectored steps of at most [`WRITE_CHUNK`] bytes and
-    /// [`MAX_SLICES`] parts, dropping each part once written.
+    /// Writes every part of `parts` in vectored steps (see [`Outbox::write_step`]), waiting
+    /// for the socket as needed.
     async fn write_parts(
         &self,
         turn: &mut WriteTurn,
-        parts: &mut VecDeque<Bytes>,
+        parts: &mut VecDeque<Part>,
     ) -> std::io::Result<()> {
         let socket = self.socket_for(turn)?;
         while !parts.is_empty() {
-            let n = {
-                let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-                let (mut count, mut total) = (0, 0);
-                for part in parts.iter().take(MAX_SLICES) {
-                    if total >= WRITE_CHUNK {
-                        break;
-                    }
-                    let take = part.len().min(WRITE_CHUNK - total);
-                    slices[count] = IoSlice::new(&part[..take]);
-                    count += 1;
-                    total += take;
-                }
-                poll_fn(|cx| socket.poll_write_vectored(cx, &slices[..count])).await?
-            };
+            let n =
+                poll_fn(|cx| self.write_step(parts, |s| socket.poll_write_vectored(cx, s))).await?;
             if n == 0 {
                 return Err(std::io::ErrorKind::WriteZero.into());
             }
+        }
+        Ok(())
+    }
+
+    /// Writes what the socket takes of `parts` now, without waiting.
+    fn write_parts_now(
+        &self,
+        turn: &mut WriteTurn,
+        parts: &mut VecDeque<Part>,
+    ) -> std::io::Result<()> {
+        let socket = self.socket_for(turn)?;
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        while !parts.is_empty() {
+            match self.write_step(parts, |s| socket.poll_write_vectored(&mut cx, s)) {
+                Poll::Ready(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// One vectored write from the front of `parts`: at most [`WRITE_CHUNK`] bytes and
+    /// [`MAX_SLICES`] parts, and spans of one arena chunk only (the chunk is borrowed for the
+    /// write). What the socket accepts is counted and dropped from `parts`.
+    fn write_step(
+        &self,
+        parts: &mut VecDeque<Part>,
+        write: impl FnOnce(&[IoSlice<'_>]) -> Poll<std::io::Result<usize>>,
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = {
+            let first_span = parts.iter().find_map(|p| match p {
+                Part::Span(s) => Some(s),
+                Part::Bytes(_) => None,
+            });
+            let chunk = first_span.map(Span::chunk);
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let (mut count, mut total) = (0, 0);
+            for part in parts.iter().take(MAX_SLICES) {
+                if total >= WRITE_CHUNK {
+                    break;
+                }
+                let bytes: &[u8] = match (part, first_span, &chunk) {
+                    (Part::Bytes(b), _, _) => b,
+                    (Part::Span(s), Some(first), Some(chunk)) if s.same_chunk(first) => {
+                        s.bytes_in(chunk)
+                    }
+                    // Another chunk: the next step borrows it.
+                    (Part::Span(_), _, _) => break,
+                };
+                let take = bytes.len().min(WRITE_CHUNK - total);
+                slices[count] = IoSlice::new(&bytes[..take]);
+                count += 1;
+                total += take;
+            }
+            write(&slices[..count])
+        };
+        if let Poll::Ready(Ok(n)) = polled {
             self.progress(n);
             let mut left = n;
             while left > 0 {
@@ -584,7 +690,7 @@ impl Outbox {
                 }
             }
         }
-        Ok(())
+        polled
     }
 
     /// Writes what the socket takes of `data` now, without waiting: the bytes written.
@@ -632,7 +738,7 @@ impl Outbox {
         &self,
         turn: &mut WriteTurn,
     ) -> std::io::Result<(Vec<u8>, usize, Option<Box<Held>>)> {
-        let (data, held) = {
+        let (data, mut held) = {
             let mut queue = self.queue.borrow_mut();
             self.in_flight.set(to_u32(queue.len()));
             queue.seal_tail();
@@ -640,7 +746,23 @@ impl Outbox {
             (std::mem::take(&mut queue.tail), held)
         };
         self.writing.set(true);
-        let written = self.write_now(turn, &data);
+        let written = match held.as_deref_mut() {
+            // Sealed: with held parts, everything queued is in them and `data` is empty.
+            Some(h) => self.write_parts_now(turn, &mut h.parts).map(|()| 0),
+            None => self.write_now(turn, &data),
+        };
+        if let Some(h) = held.as_deref_mut() {
+            // The rest waits for the socket: copy it out of the arena rather than pin a chunk
+            // for as long as this reader takes.
+            for part in h.parts.iter_mut() {
+                if let Part::Span(span) = part {
+                    *part = Part::Bytes(span.to_bytes());
+                }
+            }
+        }
+        if held.as_ref().is_some_and(|h| h.parts.is_empty()) {
+            held = None;
+        }
         let done = matches!(written, Ok(n) if n == data.len() && held.is_none());
         if written.is_err() || done {
             self.writing.set(false);
@@ -854,19 +976,30 @@ mod tests {
     fn a_connection_behind_holds_room_events_by_reference_in_order() {
         let o = Outbox::new(64 << 20);
         let copied = Bytes::from(vec![1u8; WRITE_CHUNK - 10]);
-        assert_eq!(o.push_event(&copied, Class::Reliable), Pushed::Queued);
+        assert_eq!(
+            o.push_event(&mut EventFrame::new(&copied), Class::Reliable),
+            Pushed::Queued
+        );
         // Still under one chunk behind: copied.
         assert!(o.queue.borrow().held.is_none());
         let second = Bytes::from(vec![2u8; 4096]);
         let third = Bytes::from(vec![3u8; 4096]);
-        assert_eq!(o.push_event(&second, Class::Reliable), Pushed::Queued);
+        assert_eq!(
+            o.push_event(&mut EventFrame::new(&second), Class::Reliable),
+            Pushed::Queued
+        );
         // Now behind: the next event is the caller's bytes, not a copy.
-        assert_eq!(o.push_event(&third, Class::Reliable), Pushed::Queued);
+        assert_eq!(
+            o.push_event(&mut EventFrame::new(&third), Class::Reliable),
+            Pushed::Queued
+        );
         assert!(o.push(b"reply"));
         {
             let queue = o.queue.borrow();
             let held = queue.held.as_ref().expect("held parts");
-            assert_eq!(held.parts.back().map(|p| p.as_ptr()), Some(third.as_ptr()));
+            assert!(
+                matches!(held.parts.back(), Some(Part::Bytes(b)) if b.as_ptr() == third.as_ptr())
+            );
             assert!(
                 queue.tail == b"reply",
                 "the tail was sealed before the held frame"
@@ -888,7 +1021,10 @@ mod tests {
         let o = Outbox::new(64 << 20);
         assert!(o.push(&vec![0; WRITE_CHUNK]));
         let short = Bytes::from(vec![1u8; SHARE_MIN - 1]);
-        assert_eq!(o.push_event(&short, Class::Reliable), Pushed::Queued);
+        assert_eq!(
+            o.push_event(&mut EventFrame::new(&short), Class::Reliable),
+            Pushed::Queued
+        );
         assert!(o.queue.borrow().held.is_none());
     }
 
@@ -897,10 +1033,19 @@ mod tests {
         let o = Outbox::new(WRITE_CHUNK + 3000);
         assert!(o.push(&vec![0; WRITE_CHUNK]));
         let frame = Bytes::from(vec![1u8; 2000]);
-        assert_eq!(o.push_event(&frame, Class::Reliable), Pushed::Queued);
+        assert_eq!(
+            o.push_event(&mut EventFrame::new(&frame), Class::Reliable),
+            Pushed::Queued
+        );
         assert!(o.queue.borrow().held.is_some());
-        assert_eq!(o.push_event(&frame, Class::Volatile), Pushed::Dropped);
-        assert_eq!(o.push_event(&frame, Class::Reliable), Pushed::Overflow);
+        assert_eq!(
+            o.push_event(&mut EventFrame::new(&frame), Class::Volatile),
+            Pushed::Dropped
+        );
+        assert_eq!(
+            o.push_event(&mut EventFrame::new(&frame), Class::Reliable),
+            Pushed::Overflow
+        );
         assert_eq!(
             o.take_for_bench(),
             close_frame(CloseCode::SlowConsumer).to_vec()
@@ -947,6 +1092,135 @@ mod tests {
 
     /// One runtime's flusher writes an attached outbox's frames to a real loopback socket,
     /// and closing shuts the write side (the peer reads EOF after the close frame).
+    /// An outbox on the server side of a loopback connection, and its peer.
+    async fn attached_pair(cap: usize) -> (Rc<Outbox>, std::net::TcpStream) {
+        let listener = monoio::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        // A loopback connect completes from the listen backlog, before the accept.
+        let peer =
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (stream, _) = listener.accept().await.expect("accept");
+        let stream = super::super::stream::from_tcp(stream).expect("poll io");
+        let outbox = Outbox::attached(cap, super::super::split::Socket::new(stream));
+        (outbox, peer)
+    }
+
+    fn runtime() -> monoio::FusionRuntime<
+        monoio::time::TimeDriver<monoio::IoUringDriver>,
+        monoio::time::TimeDriver<monoio::LegacyDriver>,
+    > {
+        monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("runtime")
+    }
+
+    /// Closes `outbox`, waits (20 s at most) until its writer is done while a thread reads
+    /// `peer`, and gives what `peer` got.
+    async fn close_and_read(outbox: Rc<Outbox>, peer: std::net::TcpStream) -> Vec<u8> {
+        let reader = std::thread::spawn(move || {
+            use std::io::Read;
+            let mut peer = peer;
+            peer.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+                .expect("timeout");
+            let mut got = Vec::new();
+            peer.read_to_end(&mut got).expect("read to EOF");
+            got
+        });
+        outbox.close(CloseCode::Normal);
+        for _ in 0..20_000 {
+            if outbox.writer_done() {
+                break;
+            }
+            monoio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        assert!(outbox.writer_done(), "written and shut within 20 s");
+        drop(outbox);
+        // monoio closes the socket when the runtime runs again.
+        monoio::time::sleep(std::time::Duration::from_millis(5)).await;
+        reader.join().expect("reader")
+    }
+
+    #[test]
+    fn room_events_for_idle_sockets_are_one_copy_held_as_one_span_each() {
+        let events: Vec<Bytes> = (0..3u8).map(|i| Bytes::from(vec![i; 100])).collect();
+        let (got_a, got_b) = runtime().block_on(async {
+            let (a, peer_a) = attached_pair(1 << 20).await;
+            let (b, peer_b) = attached_pair(1 << 20).await;
+            assert!(a.push(b"reply"));
+            for event in &events {
+                let mut frame = EventFrame::new(event);
+                assert_eq!(a.push_event(&mut frame, Class::Reliable), Pushed::Queued);
+                assert_eq!(b.push_event(&mut frame, Class::Reliable), Pushed::Queued);
+            }
+            {
+                let (qa, qb) = (a.queue.borrow(), b.queue.borrow());
+                let parts = |q: &Queue| -> Vec<(bool, usize)> {
+                    let held = q.held.as_ref().expect("held parts");
+                    held.parts
+                        .iter()
+                        .map(|p| (matches!(p, Part::Span(_)), p.len()))
+                        .collect()
+                };
+                assert_eq!(parts(&qb), [(true, 300)], "three events, one span");
+                assert_eq!(parts(&qa), [(false, 5), (true, 300)], "the reply first");
+                let (Some(Part::Span(sa)), Some(Part::Span(sb))) = (
+                    qa.held.as_ref().and_then(|h| h.parts.back()),
+                    qb.held.as_ref().and_then(|h| h.parts.back()),
+                ) else {
+                    panic!("spans")
+                };
+                assert!(sa.same_chunk(sb), "both outboxes hold the one copy");
+            }
+            assert_eq!(a.queued(), 305);
+            (
+                close_and_read(a, peer_a).await,
+                close_and_read(b, peer_b).await,
+            )
+        });
+        let close = close_frame(CloseCode::Normal);
+        let mut want_b: Vec<u8> = events.concat();
+        want_b.extend_from_slice(&close);
+        let mut want_a = b"reply".to_vec();
+        want_a.extend_from_slice(&want_b);
+        assert!(got_a == want_a, "a: reply, events, close in order");
+        assert!(got_b == want_b, "b: events, close in order");
+    }
+
+    #[test]
+    fn what_a_full_socket_cannot_take_is_copied_out_of_the_arena() {
+        // 12 MiB: more than loopback's socket buffers take while the peer does not read, less
+        // than one arena chunk holds.
+        const EVENTS: usize = 192;
+        let events: Vec<Bytes> = (0..EVENTS)
+            .map(|i| Bytes::from(vec![(i % 251) as u8; 64 * 1024]))
+            .collect();
+        let got = runtime().block_on(async {
+            let (o, peer) = attached_pair(64 << 20).await;
+            let mut probe = None;
+            for event in &events {
+                let mut frame = EventFrame::new(event);
+                assert_eq!(o.push_event(&mut frame, Class::Reliable), Pushed::Queued);
+                probe = Some(frame.span().clone());
+            }
+            let probe = probe.expect("a span");
+            assert!(probe.refs() >= 3, "the outbox holds spans of the chunk");
+            // Let the flush pass run: it writes what the socket takes and leaves the rest to a
+            // writer task of the connection's own.
+            monoio::time::sleep(std::time::Duration::from_millis(20)).await;
+            assert!(o.queued() > 0, "the peer has not read: a backlog is left");
+            assert_eq!(
+                probe.refs(),
+                2,
+                "only the probe and the arena refer to the chunk: the backlog is a copy"
+            );
+            close_and_read(o, peer).await
+        });
+        let mut want: Vec<u8> = events.concat();
+        want.extend_from_slice(&close_frame(CloseCode::Normal));
+        assert_eq!(got.len(), want.len());
+        assert!(got == want, "every byte, in order");
+    }
+
     fn flush_once_in_a_runtime(payload: &[u8]) -> Vec<u8> {
         use std::io::Read;
         let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()

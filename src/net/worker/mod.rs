@@ -33,6 +33,7 @@ use bytes::Bytes;
 use monoio::net::TcpListener;
 use slab::Slab;
 
+use super::arena::EventFrame;
 use super::connection;
 use super::outbox::{now_ms, Class, Outbox, Pushed};
 use crate::api::{Action, ApiError, Outcome};
@@ -491,11 +492,13 @@ impl Worker {
         let class = event.kind.class();
         let (mut queued, mut dropped) = (0u64, 0u64);
         let mut pressed = false;
+        // Copied into the arena once, by the first recipient whose socket is idle.
+        let mut frame = EventFrame::new(&event.frame);
         self.hub
             .borrow_mut()
             .for_each_member(&event.rooms, exclude, |_, m| {
                 let c = &m.io;
-                match c.push_event(&event.frame, class) {
+                match c.push_event(&mut frame, class) {
                     Pushed::Queued => {
                         queued += 1;
                         pressed = pressed || (class == Class::Reliable && c.pressing());
