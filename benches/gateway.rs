@@ -12,6 +12,10 @@
 //!   written as the worker's flusher writes them (one write for the pass), next to the same
 //!   frames written one `write` each. The peer is a thread that reads everything; the kernel's
 //!   loopback work is included, as it is for the server (most of a delivery's cost).
+//! - `fan_out_32_sockets` (with sockets): 32 room events delivered to 32 connections on loopback
+//!   sockets and flushed, as a busy pass of a worker does: the events copied once into the
+//!   worker's arena with each outbox holding a span (`Outbox::push_event`, the gateway's path),
+//!   next to every outbox copying every frame (`Outbox::push_class`, the path before the arena).
 //!
 //! Run: `cargo bench --bench gateway`. Results and their context are in BENCHMARKS.md.
 
@@ -244,12 +248,71 @@ fn write_path(c: &mut Criterion) {
     g.finish();
 }
 
+fn fan_out_sockets(c: &mut Criterion) {
+    const SOCKETS: usize = 32;
+    const EVENTS: usize = 32;
+    let mut g = c.benchmark_group("fan_out_32_sockets");
+    g.throughput(Throughput::Elements((SOCKETS * EVENTS) as u64));
+    let frame = Bytes::from(
+        Outbound::ChatMessage {
+            chat_id: "c0",
+            message: &message(),
+        }
+        .to_frame()
+        .to_vec(),
+    );
+    let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .build()
+        .expect("monoio runtime");
+    for (name, arena) in [("arena_spans", true), ("copied_per_recipient", false)] {
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let mut outboxes = Vec::with_capacity(SOCKETS);
+                    for _ in 0..SOCKETS {
+                        let stream = loopback_pair().await;
+                        outboxes.push(Outbox::attached(64 << 20, split::Socket::new(stream)));
+                    }
+                    let start = std::time::Instant::now();
+                    for _ in 0..iters {
+                        for _ in 0..EVENTS {
+                            let mut event = EventFrame::new(&frame);
+                            for o in &outboxes {
+                                if arena {
+                                    black_box(o.push_event(&mut event, Class::Reliable));
+                                } else {
+                                    black_box(o.push_class(&frame, Class::Reliable));
+                                }
+                            }
+                        }
+                        for o in &outboxes {
+                            o.flush_for_bench();
+                        }
+                        // Sockets that could not take it all: their writer tasks finish.
+                        while outboxes.iter().any(|o| o.queued() > 0) {
+                            monoio::time::sleep(std::time::Duration::from_micros(20)).await;
+                        }
+                    }
+                    let took = start.elapsed();
+                    for o in &outboxes {
+                        o.abort();
+                    }
+                    took
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
 criterion_group!(
     benches,
     envelope_parse,
     frame_encode,
     fan_out,
     outbox_push,
-    write_path
+    write_path,
+    fan_out_sockets
 );
 criterion_main!(benches);
