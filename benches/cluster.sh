@@ -17,6 +17,9 @@ LT=${LT:-target/release/loadtest}
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-10s}
 RP=${REDIS_PORT:-46379}
+for tool in redis-server redis-cli curl; do
+  command -v "$tool" >/dev/null 2>&1 || { echo "cluster.sh needs $tool (apt-get install redis-server curl)" >&2; exit 1; }
+done
 redis-server --port "$RP" --bind 127.0.0.1 --save '' --appendonly no >/dev/null &
 REDIS=$!
 PIDS=()
