@@ -53,6 +53,53 @@ fn server_logs_json_lines_with_listening_port() {
     }
 }
 
+#[test]
+fn io_driver_epoll_runs_every_worker_on_epoll_and_serves_chat() {
+    let (store, alice, bob) = two_users();
+    let server = ServerBuilder::new(&store.path)
+        .env("IO_DRIVER", "epoll")
+        .env("RATE_LIMIT", "0")
+        .spawn();
+    let drivers: Vec<Value> = server
+        .logs()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["message"] == "Worker listening")
+        .map(|v| v["data"]["driver"].clone())
+        .collect();
+    assert_eq!(drivers, vec![json!("epoll"), json!("epoll")], "two workers");
+    let (mut a, _) = server.connect_ok(&alice);
+    let (mut b, _) = server.connect_ok(&bob);
+    // Enough messages, some large, that both sockets' writes batch and run over several
+    // passes; every one arrives, in order, at both members.
+    let big = "x".repeat(9000);
+    for i in 0..200 {
+        let content = if i % 10 == 0 {
+            format!("{i}{big}")
+        } else {
+            format!("{i}")
+        };
+        a.send_message("room", &content);
+    }
+    for client in [&mut a, &mut b] {
+        for i in 0..200 {
+            let m = client.expect_type_any("chat:message");
+            let content = m["message"]["content"].as_str().unwrap_or_default();
+            let expected = if i % 10 == 0 {
+                format!("{i}{big}")
+            } else {
+                format!("{i}")
+            };
+            assert!(
+                content == expected,
+                "message {i}: got {:.40} ({} bytes)",
+                content,
+                content.len()
+            );
+        }
+    }
+}
+
 // --- heartbeat ------------------------------------------------------------------------------
 
 #[test]
@@ -485,6 +532,12 @@ fn check_config_reads_env_booleans_and_names_the_broken_rule() {
     }
     let (ok, text) = check(&[("DEMO", "maybe")]);
     assert!(!ok && text.contains("--demo"), "{text}");
+    let (ok, text) = check(&[("IO_DRIVER", "epoll")]);
+    assert!(ok && text.contains("io_driver: Epoll"), "{text}");
+    let (ok, text) = check(&[]);
+    assert!(ok && text.contains("io_driver: IoUring"), "{text}");
+    let (ok, text) = check(&[("IO_DRIVER", "kqueue")]);
+    assert!(!ok && text.contains("IO_DRIVER"), "{text}");
     let (ok, text) = check(&[("HTTP_API_URL", "http://api:80a")]);
     assert!(!ok && text.contains("HTTP_API_URL"), "{text}");
     let (ok, text) = check(&[("MAX_MESSAGE_SIZE", "33554432")]);

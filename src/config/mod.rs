@@ -25,8 +25,8 @@ use clap::Args;
 mod settings;
 
 pub use settings::{
-    ApiSettings, BackendChoice, Drain, Flow, FrameLimits, Listen, Rate, RestSettings, SessionRules,
-    Settings,
+    ApiSettings, BackendChoice, Drain, Flow, FrameLimits, IoDriver, Listen, Rate, RestSettings,
+    SessionRules, Settings,
 };
 
 /// Default `STALL_TIMEOUT`, in milliseconds.
@@ -57,6 +57,8 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 10_000;
 pub const DEFAULT_CONNECTION_TIMEOUT_MS: u64 = 60_000;
 /// Default log level.
 pub const DEFAULT_LOG_LEVEL: &str = "info";
+/// Default I/O driver of the workers.
+pub const DEFAULT_IO_DRIVER: &str = "io_uring";
 /// Default path of the embedded SQLite store.
 pub const DEFAULT_STORE_PATH: &str = "socket-server.db";
 /// Default number of blocking backend threads (REST calls).
@@ -166,6 +168,13 @@ pub struct Config {
     /// Env `WORKERS`. Default 0.
     #[arg(long, env = "WORKERS", default_value_t = 0)]
     pub workers: usize,
+
+    /// The workers' I/O driver: `io_uring` (falls back to epoll where the kernel refuses
+    /// io_uring; the start-up log says which ran) or `epoll` (never tries io_uring). Sockets
+    /// use readiness I/O under both; BENCHMARKS.md compares them. Env `IO_DRIVER`. Default
+    /// `io_uring`.
+    #[arg(long, env = "IO_DRIVER", default_value = DEFAULT_IO_DRIVER)]
+    pub io_driver: String,
 
     /// Path of the embedded SQLite store (used when `HTTP_API_URL` is unset). Env `STORE_PATH`.
     /// Default `socket-server.db`.
@@ -491,6 +500,7 @@ impl Config {
             listen: Listen {
                 addr: std::net::SocketAddr::new(self.host, self.ws_port),
                 workers: self.worker_count(),
+                io_driver: IoDriver::parse(&self.io_driver).unwrap_or_default(),
                 allowed_origins: self.allowed_origins(),
                 auth_timeout: ms(self.auth_timeout_ms),
                 max_connections: self.max_connections,
@@ -621,6 +631,9 @@ impl Config {
         }
         if self.workers > 1024 {
             return Err(bad("WORKERS", "must be at most 1024"));
+        }
+        if IoDriver::parse(&self.io_driver).is_none() {
+            return Err(bad("IO_DRIVER", "must be io_uring or epoll"));
         }
         if self.backend_pool_size == 0 || self.backend_pool_size > 1024 {
             return Err(bad("BACKEND_POOL_SIZE", "must be between 1 and 1024"));

@@ -45,6 +45,27 @@ pub struct Settings {
     pub presence_lease: Duration,
 }
 
+/// The workers' I/O driver (`IO_DRIVER`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum IoDriver {
+    /// io_uring, or epoll where the kernel refuses io_uring.
+    #[default]
+    IoUring,
+    /// epoll only.
+    Epoll,
+}
+
+impl IoDriver {
+    /// `io_uring` or `epoll` (any case); `None` for anything else.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name.to_ascii_lowercase().as_str() {
+            "io_uring" | "iouring" | "uring" => Some(Self::IoUring),
+            "epoll" => Some(Self::Epoll),
+            _ => None,
+        }
+    }
+}
+
 /// Listening and admission.
 #[derive(Debug, Clone)]
 pub struct Listen {
@@ -52,6 +73,8 @@ pub struct Listen {
     pub addr: SocketAddr,
     /// Worker threads (`WORKERS`, 0 resolved to the number of cores): at least 1.
     pub workers: usize,
+    /// `IO_DRIVER`.
+    pub io_driver: IoDriver,
     /// Parsed `CORS_ORIGIN`.
     pub allowed_origins: Vec<String>,
     /// `AUTH_TIMEOUT`: request head and authentication together, from accept.

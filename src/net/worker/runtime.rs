@@ -3,6 +3,8 @@
 
 use super::*;
 
+use crate::config::IoDriver;
+
 /// Longest pause of the ticker: the liveness beat the systemd watchdog reads.
 const LIVENESS_BEAT: Duration = Duration::from_millis(100);
 /// Shortest pause of the ticker: a deadline already past (or a burst of them) is handled in
@@ -159,9 +161,15 @@ struct Listeners {
 }
 
 fn run(id: usize, shared: Arc<Shared>, listeners: Listeners) -> std::io::Result<()> {
-    let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-        .enable_timer()
-        .build()?;
+    let mut rt: monoio::FusionRuntime<_, _> = match shared.config.listen.io_driver {
+        IoDriver::IoUring => monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .enable_timer()
+            .build()?,
+        IoDriver::Epoll => monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()?
+            .into(),
+    };
     let result = rt.block_on({
         let shared = shared.clone();
         async move {
