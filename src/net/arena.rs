@@ -12,8 +12,12 @@
 //! Guarantees: a span's bytes never change while it exists (the arena only appends to a chunk,
 //! and clears one only when no span refers to it). Not guaranteed: that a chunk is short-lived.
 //! A span kept past its pass would pin its whole chunk, so an outbox keeps spans only while its
-//! socket is idle (it is flushed at the end of the pass) and copies what the socket does not
-//! take before it waits ([`crate::net::outbox`]).
+//! socket is idle (it is flushed at the end of the pass) and takes out what the socket does
+//! not take before it waits ([`crate::net::outbox`]): a copy of its own up to a write chunk,
+//! past that a slice of one frozen copy of the chunk that every reader left behind in the pass
+//! shares, so a burst that many readers cannot take costs its bytes once more, not once per
+//! reader. At the end of each flush pass the arena drops that frozen copy and any chunk grown
+//! past `CHUNK_KEEP`.
 
 use std::cell::{Ref, RefCell};
 use std::rc::Rc;
@@ -29,12 +33,41 @@ const CHUNK_KEEP: usize = 4 << 20;
 /// and a chunk pinned by a span should stay bounded).
 const CHUNK_MAX: usize = 16 << 20;
 
-/// A run of bytes in an arena chunk.
-pub struct Chunk(RefCell<Vec<u8>>);
+/// A run of bytes in an arena chunk, and the frozen copy of it that readers left behind in
+/// this pass share (see [`Span::to_shared_bytes`]).
+pub struct Chunk(RefCell<Vec<u8>>, RefCell<Option<Bytes>>);
 
 thread_local! {
     /// The chunk this thread appends to.
     static CURRENT: RefCell<Option<Rc<Chunk>>> = const { RefCell::new(None) };
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Frozen copies made on this thread (tests count them).
+    static FREEZES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Frozen copies made on this thread so far.
+#[cfg(test)]
+pub(crate) fn freezes() -> usize {
+    FREEZES.with(|f| f.get())
+}
+
+/// Called at the end of each flush pass: the current chunk lets go of its frozen copy (the
+/// readers that share it hold their own references), and a chunk that one large pass grew
+/// past `CHUNK_KEEP` is freed now rather than kept until the next event.
+pub fn end_of_pass() {
+    let _ = CURRENT.try_with(|current| {
+        let mut current = current.borrow_mut();
+        if let Some(chunk) = current.as_ref() {
+            chunk.1.borrow_mut().take();
+            if chunk.0.borrow().capacity() > CHUNK_KEEP {
+                // Spans still referring to it keep it alive; the arena starts a new one.
+                current.take();
+            }
+        }
+    });
 }
 
 /// Bytes `start..end` of an arena chunk.
@@ -56,6 +89,7 @@ impl Span {
                     let keep = chunk.0.borrow().capacity() <= CHUNK_KEEP;
                     if keep {
                         chunk.0.borrow_mut().clear();
+                        chunk.1.borrow_mut().take();
                         chunk
                     } else {
                         Self::fresh()
@@ -82,7 +116,10 @@ impl Span {
     }
 
     fn fresh() -> Rc<Chunk> {
-        Rc::new(Chunk(RefCell::new(Vec::with_capacity(CHUNK_INITIAL))))
+        Rc::new(Chunk(
+            RefCell::new(Vec::with_capacity(CHUNK_INITIAL)),
+            RefCell::new(None),
+        ))
     }
 
     /// Bytes in the span.
@@ -138,6 +175,25 @@ impl Span {
     pub fn to_bytes(&self) -> Bytes {
         Bytes::copy_from_slice(self.bytes_in(&self.chunk()))
     }
+
+    /// The span's bytes as a slice of one frozen copy of the whole chunk, made by the first
+    /// span that asks and shared by every later one (until the chunk grows past it): a burst
+    /// that several readers cannot take costs its bytes once more, not once per reader.
+    pub fn to_shared_bytes(&self) -> Bytes {
+        let mut frozen = self.chunk.1.borrow_mut();
+        let end = self.end as usize;
+        let copy = match frozen.as_ref() {
+            Some(copy) if copy.len() >= end => copy.clone(),
+            _ => {
+                #[cfg(test)]
+                FREEZES.with(|f| f.set(f.get() + 1));
+                let copy = Bytes::copy_from_slice(&self.chunk());
+                *frozen = Some(copy.clone());
+                copy
+            }
+        };
+        copy.slice(self.start as usize..end)
+    }
 }
 
 /// A room event's frame on its way to a worker's recipients: copied into the arena by the
@@ -183,6 +239,29 @@ mod tests {
         // Not adjacent: `a` now ends where `b` ends, and `b` does not follow `b`.
         let mut b2 = b.clone();
         assert!(!b2.extend(&b));
+    }
+
+    #[test]
+    fn readers_left_behind_share_one_frozen_copy_until_the_chunk_grows() {
+        let a = Span::copy(b"first,");
+        let b = Span::copy(b"second");
+        let before = freezes();
+        let (sa, sb) = (a.to_shared_bytes(), b.to_shared_bytes());
+        assert_eq!((&sa[..], &sb[..]), (&b"first,"[..], &b"second"[..]));
+        assert_eq!(freezes() - before, 1, "one copy for both spans");
+        // Both are slices of that one copy: `b` lies right behind `a` in it.
+        assert_eq!(sb.as_ptr() as usize, sa.as_ptr() as usize + sa.len());
+        let c = Span::copy(b"third");
+        assert_eq!(&c.to_shared_bytes()[..], b"third");
+        assert_eq!(
+            freezes() - before,
+            2,
+            "the chunk grew past the copy: copied again"
+        );
+        end_of_pass();
+        assert_eq!(&a.to_shared_bytes()[..], b"first,");
+        assert_eq!(freezes() - before, 3, "the pass ended: the copy was let go");
+        assert_eq!(&sa[..], b"first,", "slices already taken stay valid");
     }
 
     #[test]

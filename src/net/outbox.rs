@@ -732,7 +732,7 @@ impl Outbox {
     }
 
     /// Takes the whole queue (the copied bytes and any held parts, counted as in flight) and
-    /// writes what the socket takes of the copied bytes now. `Ok` gives the bytes, how many
+    /// writes what the socket takes of it now. `Ok` gives the bytes, how many
     /// were written, and the held parts; `writing` stays set unless everything was written.
     fn write_queue_now(
         &self,
@@ -751,12 +751,21 @@ impl Outbox {
             Some(h) => self.write_parts_now(turn, &mut h.parts).map(|()| 0),
             None => self.write_now(turn, &data),
         };
-        if let Some(h) = held.as_deref_mut() {
-            // The rest waits for the socket: copy it out of the arena rather than pin a chunk
-            // for as long as this reader takes.
+        if let (Some(h), Ok(_)) = (held.as_deref_mut(), &written) {
+            // The rest waits for the socket: take it out of the arena rather than pin a chunk
+            // for as long as this reader takes. Up to a write chunk is copied for this reader
+            // alone (as frames queued while it keeps up are); past that, the reader shares one
+            // frozen copy of the chunk with every other reader left behind in this pass.
+            let mut own = 0;
             for part in h.parts.iter_mut() {
                 if let Part::Span(span) = part {
-                    *part = Part::Bytes(span.to_bytes());
+                    let bytes = if own + span.len() <= WRITE_CHUNK {
+                        own += span.len();
+                        span.to_bytes()
+                    } else {
+                        span.to_shared_bytes()
+                    };
+                    *part = Part::Bytes(bytes);
                 }
             }
         }
@@ -907,6 +916,7 @@ mod flusher {
                     for outbox in batch.drain(..) {
                         outbox.flush();
                     }
+                    crate::net::arena::end_of_pass();
                     // Keep the list's allocation for the next pass.
                     FLUSHER.with(|f| {
                         let mut listed = f.listed.borrow_mut();
@@ -1208,10 +1218,11 @@ mod tests {
             // writer task of the connection's own.
             monoio::time::sleep(std::time::Duration::from_millis(20)).await;
             assert!(o.queued() > 0, "the peer has not read: a backlog is left");
+            // The arena let go of the chunk too: the burst grew it past what it keeps.
             assert_eq!(
                 probe.refs(),
-                2,
-                "only the probe and the arena refer to the chunk: the backlog is a copy"
+                1,
+                "only the probe refers to the chunk: the backlog is a copy"
             );
             close_and_read(o, peer).await
         });
@@ -1219,6 +1230,52 @@ mod tests {
         want.extend_from_slice(&close_frame(CloseCode::Normal));
         assert_eq!(got.len(), want.len());
         assert!(got == want, "every byte, in order");
+    }
+
+    #[test]
+    fn readers_left_behind_by_one_burst_share_one_copy_of_it() {
+        // 8 MiB in one pass to two readers that do not read: each socket takes a few MiB at
+        // most, and the rest, over a write chunk each, is one frozen copy shared by both.
+        const EVENTS: usize = 128;
+        let events: Vec<Bytes> = (0..EVENTS)
+            .map(|i| Bytes::from(vec![(i % 251) as u8; 64 * 1024]))
+            .collect();
+        let got = runtime().block_on(async {
+            let (a, peer_a) = attached_pair(64 << 20).await;
+            let (b, peer_b) = attached_pair(64 << 20).await;
+            let before = crate::net::arena::freezes();
+            let mut probe = None;
+            for event in &events {
+                let mut frame = EventFrame::new(event);
+                assert_eq!(a.push_event(&mut frame, Class::Reliable), Pushed::Queued);
+                assert_eq!(b.push_event(&mut frame, Class::Reliable), Pushed::Queued);
+                probe = Some(frame.span().clone());
+            }
+            let probe = probe.expect("a span");
+            monoio::time::sleep(std::time::Duration::from_millis(20)).await;
+            assert!(
+                a.queued() > WRITE_CHUNK && b.queued() > WRITE_CHUNK,
+                "both behind"
+            );
+            assert_eq!(
+                crate::net::arena::freezes() - before,
+                1,
+                "one copy of the burst for both readers"
+            );
+            // Only the probe: the backlogs do not pin the chunk, and the arena let go of it
+            // (the burst grew it past what it keeps between passes).
+            assert_eq!(probe.refs(), 1, "the backlogs do not pin the arena's chunk");
+            drop(probe);
+            let got_a = close_and_read(a, peer_a).await;
+            let got_b = close_and_read(b, peer_b).await;
+            (got_a, got_b)
+        });
+        let mut want: Vec<u8> = events.concat();
+        want.extend_from_slice(&close_frame(CloseCode::Normal));
+        for got in [got.0, got.1] {
+            assert_eq!(got.len(), want.len());
+            assert!(got == want, "every byte, in order");
+        }
     }
 
     fn flush_once_in_a_runtime(payload: &[u8]) -> Vec<u8> {
