@@ -16,6 +16,14 @@ fn two_users() -> (TestStore, String, String) {
     (store, alice, bob)
 }
 
+/// The JSON log lines among `logs` whose message is `message`.
+fn logged(logs: &[String], message: &str) -> Vec<Value> {
+    logs.iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["message"] == message)
+        .collect()
+}
+
 #[test]
 fn healthz_and_readyz_answer_200() {
     let (store, alice, _) = two_users();
@@ -33,11 +41,7 @@ fn server_logs_json_lines_with_listening_port() {
     let (store, _, _) = two_users();
     let server = Server::start(&store.path);
     let logs = server.logs();
-    let listening: Vec<Value> = logs
-        .iter()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["message"] == "Server listening")
-        .collect();
+    let listening = logged(&logs, "Server listening");
     assert!(!listening.is_empty());
     assert_eq!(
         listening[0]["data"]["port"], server.port,
@@ -60,11 +64,8 @@ fn io_driver_epoll_runs_every_worker_on_epoll_and_serves_chat() {
         .env("IO_DRIVER", "epoll")
         .env("RATE_LIMIT", "0")
         .spawn();
-    let drivers: Vec<Value> = server
-        .logs()
-        .iter()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["message"] == "Worker listening")
+    let drivers: Vec<Value> = logged(&server.logs(), "Worker listening")
+        .into_iter()
         .map(|v| v["data"]["driver"].clone())
         .collect();
     assert_eq!(drivers, vec![json!("epoll"), json!("epoll")], "two workers");

@@ -59,7 +59,7 @@ impl IoDriver {
     /// `io_uring` or `epoll` (any case); `None` for anything else.
     pub fn parse(name: &str) -> Option<Self> {
         match name.to_ascii_lowercase().as_str() {
-            "io_uring" | "iouring" | "uring" => Some(Self::IoUring),
+            "io_uring" => Some(Self::IoUring),
             "epoll" => Some(Self::Epoll),
             _ => None,
         }

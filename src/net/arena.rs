@@ -35,7 +35,12 @@ const CHUNK_MAX: usize = 16 << 20;
 
 /// A run of bytes in an arena chunk, and the frozen copy of it that readers left behind in
 /// this pass share (see [`Span::to_shared_bytes`]).
-pub struct Chunk(RefCell<Vec<u8>>, RefCell<Option<Bytes>>);
+pub struct Chunk {
+    /// The frames, appended one after the other.
+    bytes: RefCell<Vec<u8>>,
+    /// A frozen copy of `bytes` (or of a prefix of it), shared by readers left behind.
+    frozen: RefCell<Option<Bytes>>,
+}
 
 thread_local! {
     /// The chunk this thread appends to.
@@ -61,8 +66,8 @@ pub fn end_of_pass() {
     let _ = CURRENT.try_with(|current| {
         let mut current = current.borrow_mut();
         if let Some(chunk) = current.as_ref() {
-            chunk.1.borrow_mut().take();
-            if chunk.0.borrow().capacity() > CHUNK_KEEP {
+            chunk.frozen.borrow_mut().take();
+            if chunk.bytes.borrow().capacity() > CHUNK_KEEP {
                 // Spans still referring to it keep it alive; the arena starts a new one.
                 current.take();
             }
@@ -86,21 +91,21 @@ impl Span {
             let chunk = match current.take() {
                 // No span refers to it any more: start over in the same memory.
                 Some(chunk) if Rc::strong_count(&chunk) == 1 => {
-                    let keep = chunk.0.borrow().capacity() <= CHUNK_KEEP;
+                    let keep = chunk.bytes.borrow().capacity() <= CHUNK_KEEP;
                     if keep {
-                        chunk.0.borrow_mut().clear();
-                        chunk.1.borrow_mut().take();
+                        chunk.bytes.borrow_mut().clear();
+                        chunk.frozen.borrow_mut().take();
                         chunk
                     } else {
                         Self::fresh()
                     }
                 }
-                Some(chunk) if chunk.0.borrow().len() + frame.len() <= CHUNK_MAX => chunk,
+                Some(chunk) if chunk.bytes.borrow().len() + frame.len() <= CHUNK_MAX => chunk,
                 // Too full (or none yet): the old chunk lives on while its spans do.
                 _ => Self::fresh(),
             };
             let span = {
-                let mut bytes = chunk.0.borrow_mut();
+                let mut bytes = chunk.bytes.borrow_mut();
                 let start = bytes.len();
                 bytes.extend_from_slice(frame);
                 Span {
@@ -116,10 +121,10 @@ impl Span {
     }
 
     fn fresh() -> Rc<Chunk> {
-        Rc::new(Chunk(
-            RefCell::new(Vec::with_capacity(CHUNK_INITIAL)),
-            RefCell::new(None),
-        ))
+        Rc::new(Chunk {
+            bytes: RefCell::new(Vec::with_capacity(CHUNK_INITIAL)),
+            frozen: RefCell::new(None),
+        })
     }
 
     /// Bytes in the span.
@@ -156,7 +161,7 @@ impl Span {
 
     /// The span's chunk, borrowed for reading (see [`Span::bytes_in`]).
     pub fn chunk(&self) -> Ref<'_, Vec<u8>> {
-        self.chunk.0.borrow()
+        self.chunk.bytes.borrow()
     }
 
     /// The span's bytes within its chunk, as borrowed by [`Span::chunk`] of this span or of one
@@ -180,7 +185,7 @@ impl Span {
     /// span that asks and shared by every later one (until the chunk grows past it): a burst
     /// that several readers cannot take costs its bytes once more, not once per reader.
     pub fn to_shared_bytes(&self) -> Bytes {
-        let mut frozen = self.chunk.1.borrow_mut();
+        let mut frozen = self.chunk.frozen.borrow_mut();
         let end = self.end as usize;
         let copy = match frozen.as_ref() {
             Some(copy) if copy.len() >= end => copy.clone(),

@@ -9,8 +9,8 @@
 //! is encoded once for all its recipients). A room event for a connection whose socket is idle
 //! is copied once per worker into the pass's arena (`net::arena`) and the outbox keeps a span
 //! of it; consecutive events merge into one span, so a pass's events leave in one vectored
-//! write read from one shared copy, and what the socket does not take is copied out before the
-//! writer task waits with it. While a writer task has the socket, a frame is copied into the
+//! write read from one shared copy, and what the socket does not take leaves the arena before
+//! the writer task waits with it (up to a write chunk copied, the rest shared; `net::arena`). While a writer task has the socket, a frame is copied into the
 //! queue's tail (a `memcpy`) as long as the connection is less than one write chunk behind;
 //! once it is behind, further room events of 1 KiB or more are held by reference
 //! ([`Outbox::push_event`]), so a burst that many slow readers hold costs its distinct bytes
@@ -1124,6 +1124,13 @@ mod tests {
             .expect("runtime")
     }
 
+    /// `n` room events of 64 KiB, each filled with its own byte.
+    fn burst(n: usize) -> Vec<Bytes> {
+        (0..n)
+            .map(|i| Bytes::from(vec![(i % 251) as u8; 64 * 1024]))
+            .collect()
+    }
+
     /// Closes `outbox`, waits (20 s at most) until its writer is done while a thread reads
     /// `peer`, and gives what `peer` got.
     async fn close_and_read(outbox: Rc<Outbox>, peer: std::net::TcpStream) -> Vec<u8> {
@@ -1200,10 +1207,7 @@ mod tests {
     fn what_a_full_socket_cannot_take_is_copied_out_of_the_arena() {
         // 12 MiB: more than loopback's socket buffers take while the peer does not read, less
         // than one arena chunk holds.
-        const EVENTS: usize = 192;
-        let events: Vec<Bytes> = (0..EVENTS)
-            .map(|i| Bytes::from(vec![(i % 251) as u8; 64 * 1024]))
-            .collect();
+        let events = burst(192);
         let got = runtime().block_on(async {
             let (o, peer) = attached_pair(64 << 20).await;
             let mut probe = None;
@@ -1236,10 +1240,7 @@ mod tests {
     fn readers_left_behind_by_one_burst_share_one_copy_of_it() {
         // 8 MiB in one pass to two readers that do not read: each socket takes a few MiB at
         // most, and the rest, over a write chunk each, is one frozen copy shared by both.
-        const EVENTS: usize = 128;
-        let events: Vec<Bytes> = (0..EVENTS)
-            .map(|i| Bytes::from(vec![(i % 251) as u8; 64 * 1024]))
-            .collect();
+        let events = burst(128);
         let got = runtime().block_on(async {
             let (a, peer_a) = attached_pair(64 << 20).await;
             let (b, peer_b) = attached_pair(64 << 20).await;
